@@ -1,0 +1,1 @@
+"""DiffStyler nodes. Importing this package imports nothing from ComfyUI (see ``extension``)."""

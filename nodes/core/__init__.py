@@ -1,0 +1,1 @@
+"""Pure torch/numpy building blocks of DiffStyler. Nothing in here imports ComfyUI."""

@@ -1,0 +1,86 @@
+"""Data held by a DDIM inversion and the checks that refuse mismatched reuse (no ComfyUI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .schedule import find_sigma_index
+
+
+@dataclass(frozen=True)
+class InversionFingerprint:
+    """What an inversion depends on: the model, the step count (and thus sigmas) and the latent shape."""
+
+    model: str
+    steps: int
+    latent_shape: tuple[int, ...]
+    sigmas_digest: str
+
+    def mismatch(self, other: InversionFingerprint) -> str | None:
+        """A sentence naming the first field that differs from ``other`` (the run's own), or None."""
+        if self.model != other.model:
+            return (
+                "the inversion was made with another model (or another set of merged LoRAs/patches) than the one "
+                "sampling now: feed DDIM Inversion the same MODEL that goes into the sampler"
+            )
+        if self.steps != other.steps:
+            return (
+                f"the inversion was made with {self.steps} steps but the sampler uses {other.steps}: "
+                f"set DDIM Inversion steps to {other.steps} (or sample with {self.steps})"
+            )
+        if self.sigmas_digest != other.sigmas_digest:
+            return (
+                "the inversion's sigmas differ from the sampler's: sample on the ddim_uniform schedule the inversion "
+                "used (connect the inversion's sigmas, or use the Masked Feature Fusion Sampler)"
+            )
+        if tuple(self.latent_shape) != tuple(other.latent_shape):
+            return (
+                f"the inversion was made for a latent of shape {list(self.latent_shape)} but the sampler got "
+                f"{list(other.latent_shape)}: invert the same content latent that you sample"
+            )
+        return None
+
+
+def digest_sigmas(sigmas: torch.Tensor) -> str:
+    """A short, stable text digest of a sigma schedule (rounded to 6 significant digits)."""
+    return ",".join(f"{float(s):.6g}" for s in sigmas.detach().cpu().flatten())
+
+
+@dataclass
+class InversionResult:
+    """A DDIM inversion of a content latent (paper Sec. 3.1).
+
+    ``sigmas``: the sampling schedule ``[n+1]``, descending, ending in 0.
+    ``trajectory``: ``[n+1, B, C, h, w]`` model-space latents, ``trajectory[i]`` lies at ``sigmas[i]``;
+    ``trajectory[-1]`` is the clean content latent and ``trajectory[0]`` is x_T.
+    ``content_latent``: the clean latent as given (VAE space, ``[B,C,h,w]``).
+    ``conditioning``: the ComfyUI CONDITIONING used for the content branch (empty prompt by default).
+    """
+
+    sigmas: torch.Tensor
+    trajectory: torch.Tensor
+    content_latent: torch.Tensor
+    fingerprint: InversionFingerprint
+    conditioning: list = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return int(self.sigmas.shape[0]) - 1
+
+    def latent_at(self, sigma: float | torch.Tensor) -> torch.Tensor:
+        """The trajectory latent ``[B,C,h,w]`` at ``sigma``; ValueError when sigma is not on the schedule."""
+        i = find_sigma_index(self.sigmas, sigma)
+        if i < 0:
+            raise ValueError(
+                f"sigma {float(sigma):.6g} is not on the inversion's schedule ({self.steps} ddim_uniform steps): "
+                "sample with the sigmas the inversion used"
+            )
+        return self.trajectory[i]
+
+    def index_of(self, sigma: float | torch.Tensor) -> int:
+        return find_sigma_index(self.sigmas, sigma)
+
+    def nbytes(self) -> int:
+        return self.trajectory.numel() * self.trajectory.element_size()

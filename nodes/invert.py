@@ -1,0 +1,71 @@
+"""DDIM Inversion node (paper Sec. 3.1)."""
+
+from __future__ import annotations
+
+from ._api import io
+from .adapters import inversion
+
+INVERSION = io.Custom("DIFFSTYLER_INVERSION")
+
+
+class DiffStylerInvert(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffStylerInvert",
+            display_name="DDIM Inversion (DiffStyler)",
+            category="DiffStyler/invert",
+            description=(
+                "DDIM-inverts the content latent (eta 0, cfg 1, empty prompt) on the ddim_uniform schedule that the "
+                "DiffStyler sampler uses, keeping every intermediate latent. ComfyUI caches the result, so changing "
+                "styles or prompts does not re-invert."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model; use the same MODEL for sampling."),
+                io.Latent.Input("latent", tooltip="The content image's latent (VAE Encode). Any batch size."),
+                io.Int.Input(
+                    "steps", default=50, min=1, max=1000,
+                    tooltip="DDIM steps; the sampler uses the same schedule. The paper uses 50.",
+                ),
+                io.Clip.Input(
+                    "clip", optional=True,
+                    tooltip="Used to encode the empty prompt for the content branch when no conditioning is given.",
+                ),
+                io.Conditioning.Input(
+                    "conditioning", optional=True,
+                    tooltip="Content-branch prompt. Default: the empty prompt (encoded with the clip input).",
+                ),
+            ],
+            outputs=[
+                INVERSION.Output(
+                    "inversion", display_name="inversion",
+                    tooltip="The trajectory, sigmas and a fingerprint of model, steps and latent shape.",
+                ),
+                io.Latent.Output("inverted_latent", display_name="inverted_latent", tooltip="x_T, the inverted latent."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, steps: int = 50, **kwargs) -> bool | str:
+        if steps < 1:
+            return f"steps: expected at least 1, got {steps}"
+        return True
+
+    @classmethod
+    def execute(cls, model, latent, steps: int, clip=None, conditioning=None) -> io.NodeOutput:
+        if conditioning is None:
+            if clip is None:
+                raise ValueError(
+                    "DDIM Inversion needs the empty prompt for the content branch: connect the checkpoint's CLIP to "
+                    "'clip' (or a CONDITIONING to 'conditioning')"
+                )
+            conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+        samples = latent["samples"] if isinstance(latent, dict) and "samples" in latent else latent
+        result = inversion.invert(model, samples, steps, conditioning)
+        out = dict(latent) if isinstance(latent, dict) else {}
+        out.pop("noise_mask", None)
+        out["samples"] = inversion.latent_out(model, result.trajectory[0])
+        return io.NodeOutput(result, out)
+
+
+NODES = [DiffStylerInvert]
