@@ -300,6 +300,7 @@ class FastSAMEditor {
     const src = this.sources();
     this.images.prune([src.base, src.overlay]);
     const { points, boxes, errors } = this.prompts();
+    if (!errors.length) this.notice = ""; // the text was fixed since the refusal
     renderFrame(ctx, {
       width: w,
       height: h,
@@ -346,7 +347,6 @@ function setUpNode(node) {
   node.diffstylerEditor = editor;
   const widget = node.addDOMWidget(EDITOR_WIDGET, "diffstyler-fastsam-canvas", editor.element, {
     serialize: false,
-    hideOnZoom: false,
     getValue: () => "",
     setValue: () => {},
     getMinHeight: () => MIN_HEIGHT,

@@ -1,0 +1,213 @@
+"""The DiffStyler guider (GUIDER) and DDIM sampler (SAMPLER): masked fusion of every style branch.
+
+Every step makes one UNet call per chunk holding the content row (added by the Injector's wrapper
+while an injection window is open) and the cond/uncond rows of every style; predictions are fused by
+mask before CFG (paper Sec. 3.3). With ``background='exact'`` the latent outside the masks follows
+the inversion trajectory and ends on the clean content latent; ``'model'`` is the reference
+behaviour, a base branch without LoRA predicting the background.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import comfy.model_management
+import comfy.samplers
+import torch
+from tqdm.auto import trange
+
+from ..core.inversion import InversionResult
+from ..core.masks import fusion_weights, fuse, inside_region, is_empty, resize_mask_to_latent
+from ..core.schedule import ddim_step
+from ..core.styles import Style
+from . import inversion as inversion_adapter
+from . import patches
+
+logger = logging.getLogger(__name__)
+
+BACKGROUNDS = ("exact", "model")
+
+
+class DiffStylerGuider(comfy.samplers.CFGGuider):
+    def __init__(self, model_patcher, inversion: InversionResult, styles: list[Style] | None, positive, negative,
+                 cfg: float, background: str = "exact"):
+        super().__init__(model_patcher)
+        if background not in BACKGROUNDS:
+            raise ValueError(f"background: expected one of {BACKGROUNDS}, got {background!r}")
+        state = patches.state_of(model_patcher)
+        if state is None:
+            raise ValueError(
+                "model: this MODEL has no DiffStyler patches: connect the MODEL output of Cross-LoRA Attention "
+                "Injector (DiffStyler) to the sampler"
+            )
+        if not isinstance(inversion, InversionResult):
+            raise TypeError("inversion: connect the inversion output of DDIM Inversion (DiffStyler)")
+        styles = list(styles) if styles else []
+        if styles and tuple(s.uid for s in styles) != state.style_ids:
+            raise ValueError(
+                f"styles: the sampler got {len(styles)} style(s) that differ from the {state.n_styles} the Injector "
+                "patched (LoRA, strength or order): connect the same DIFFSTYLER_STYLES to both nodes"
+            )
+        self.state = state
+        self.inversion = inversion
+        self.styles = styles
+        self.background = background
+        conds = {"positive": positive, "negative": negative, "content": inversion.conditioning}
+        for i, s in enumerate(styles):
+            conds[f"style_{i}"] = s.conditioning
+        self.inner_set_conds(conds)
+        self.set_cfg(cfg)
+        self._prepare_masks()
+        self._run = None
+
+    # ------------------------------------------------------------------ setup
+    def _prepare_masks(self):
+        b, _c, h, w = self.inversion.content_latent.shape
+        self.active: list[int] = []
+        masks = []
+        for i, s in enumerate(self.styles):
+            m = resize_mask_to_latent(s.mask, b, h, w, f"style {i} ({s.name}) mask")
+            if is_empty(m):
+                logger.warning("DiffStyler: style %d (%s) has an all-zero mask at latent size; it is skipped", i, s.name)
+                continue
+            self.active.append(i)
+            masks.append(m)
+        self.masks = masks
+        if masks:
+            self.weights, self.bg_weight = fusion_weights(masks)
+            self.inside = inside_region(masks)
+        else:
+            self.weights, self.bg_weight = [], torch.ones(b, 1, h, w)
+            self.inside = torch.zeros(b, 1, h, w, dtype=torch.bool)
+
+    def _activate(self, x, timestep):
+        inv = self.inversion
+        content = self.conds["content"][0]
+        cond_obj = comfy.samplers.get_area_and_mult(content, x, timestep)
+        branches = list(self.active)
+        base_branch = len(self.styles)
+        if self.background == "model":
+            branches.append(base_branch)
+        traj = inv.trajectory
+
+        def content_latent_at(sigma):
+            return traj[inv.index_of(sigma)]
+
+        s = self.state.settings
+        self._branches = branches
+        self._uncond = not math.isclose(self.cfg, 1.0)
+        roles = []
+        self._conds_list = []
+        for br in branches:
+            pos = self.conds["positive"] if br == base_branch else self.conds[f"style_{br}"]
+            self._conds_list.append(pos)
+            roles.append((br, False))
+            if self._uncond:
+                self._conds_list.append(self.conds["negative"])
+                roles.append((br, True))
+        self._run = patches.RunPlan(
+            roles=roles,
+            inject_branches=set(branches),
+            lora_branch_to_style={br: br for br in branches if br != base_branch},
+            sample_sigmas=inv.sigmas,
+            content_latent_at=content_latent_at,
+            content_conditioning=dict(cond_obj.conditioning),
+            feature_end=s["feature_injection_end"],
+            qk_end=s["qk_injection_end"],
+            qk_blend=s["qk_blend"],
+            lora_in_injected_attention=s["lora_in_injected_attention"],
+            model_sampling=self.inner_model.model_sampling,
+        )
+        self.state.run = self._run
+        dev = x.device
+        self._dev_weights = [w.to(dev, x.dtype) for w in self.weights]
+        self._dev_bg_weight = self.bg_weight.to(dev, x.dtype)
+        self._dev_inside = self.inside.to(dev)
+        self._content_x0 = traj[-1].to(dev, x.dtype)
+
+    # ------------------------------------------------------------------ CFGGuider hooks
+    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
+        if self._run is None:
+            self._activate(x, timestep)
+        if not self._conds_list:  # nothing to stylize: the content itself
+            return self._content_x0.expand_as(x).clone()
+        out = comfy.samplers.calc_cond_batch(self.inner_model, self._conds_list, x, timestep, model_options)
+        per = 2 if self._uncond else 1
+        cond_preds = {br: out[j * per] for j, br in enumerate(self._branches)}
+        uncond_preds = {br: out[j * per + 1] for j, br in enumerate(self._branches)} if self._uncond else None
+        base_branch = len(self.styles)
+        if self.background == "model":
+            bg_c = cond_preds[base_branch]
+            bg_u = uncond_preds[base_branch] if self._uncond else None
+        else:
+            bg_c = bg_u = self._content_x0.expand_as(x)
+        styles = self.active
+        cond_f = fuse([cond_preds[i] for i in styles], self._dev_weights, bg_c, self._dev_bg_weight)
+        if self._uncond:
+            uncond_f = fuse([uncond_preds[i] for i in styles], self._dev_weights, bg_u, self._dev_bg_weight)
+        else:
+            uncond_f = torch.zeros_like(cond_f)
+        return comfy.samplers.cfg_function(
+            self.inner_model, cond_f, uncond_f, self.cfg, x, timestep, model_options=model_options,
+            cond=self.conds.get("positive"), uncond=self.conds.get("negative"),
+        )
+
+    def diffstyler_initial_latent(self, x):
+        """The sampler starts exactly on x_T of the inversion (model space)."""
+        return self.inversion.trajectory[0].to(x.device, x.dtype)
+
+    def diffstyler_post_step(self, x, sigma_next):
+        """Exact background: outside the masks the latent is the inversion trajectory's."""
+        if self.background != "exact":
+            return x
+        target = self.inversion.latent_at(sigma_next).to(x.device, x.dtype)
+        return torch.where(self._dev_inside, x, target)
+
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
+               seed=None):
+        inv = self.inversion
+        inversion_adapter.check_inversion(inv, self.model_patcher, sigmas.cpu(), inv.content_latent.shape)
+        if latent_image is not None and tuple(latent_image.shape) != tuple(inv.content_latent.shape):
+            raise ValueError(
+                f"latent_image: got shape {list(latent_image.shape)} but the inversion's content latent is "
+                f"{list(inv.content_latent.shape)}: connect the inverted latent of the same DDIM Inversion"
+            )
+        x_t = self.model_patcher.model.process_latent_out(inv.trajectory[0].clone())
+        self._run = None
+        try:
+            out = super().sample(torch.zeros_like(x_t), x_t, sampler, sigmas, None, callback, disable_pbar, seed)
+        finally:
+            self.state.run = None
+            self.state.call = None
+            self._run = None
+        if self.background == "exact":
+            content = inv.content_latent.to(out.device, out.dtype)
+            out = torch.where(self.inside.to(out.device), out, content)
+        return out
+
+
+@torch.no_grad()
+def sample_diffstyler_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """DDIM (eta 0) that honours a DiffStyler guider's exact start and background; plain DDIM otherwise."""
+    extra_args = {} if extra_args is None else extra_args
+    guider = getattr(model, "inner_model", None)
+    hooks = guider if hasattr(guider, "diffstyler_post_step") else None
+    if hooks is not None:
+        x = hooks.diffstyler_initial_latent(x)
+    s_in = x.new_ones([x.shape[0]])
+    for i in trange(len(sigmas) - 1, disable=disable):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma * s_in, **extra_args)
+        eps = (x - denoised) / sigma
+        x = ddim_step(x, eps, sigma, sigma_next)
+        if hooks is not None:
+            x = hooks.diffstyler_post_step(x, sigma_next)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+    return x
+
+
+def ddim_sampler() -> comfy.samplers.KSAMPLER:
+    return comfy.samplers.KSAMPLER(sample_diffstyler_ddim)

@@ -1,0 +1,381 @@
+"""ModelPatcher patches for DiffStyler: per-row LoRA, ResBlock feature and Q/K injection.
+
+Everything is installed on a ``ModelPatcher.clone()`` through ComfyUI's extension points (design
+Sec. 2): object patches (class-swapped shallow copies that keep parameter names), attn1 replace
+patches (chained to any that another pack registered) and a keyed APPLY_MODEL wrapper. Object
+patches stay on the model after sampling, so every patch does nothing unless a DiffStyler run is
+active (``PatchState.run``), and then only on the rows it owns for the current UNet call.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+import comfy.ldm.modules.attention as attention
+import comfy.patcher_extension
+import torch
+
+from ..core.lora import LayerDelta, conv2d_delta, linear_delta
+from ..core.schedule import blend_qk, in_window, qk_blend_ratio
+
+logger = logging.getLogger(__name__)
+
+WRAPPER_KEY = "diffstyler"
+ATTACHMENT = "diffstyler"
+
+
+@dataclass(frozen=True)
+class BlockMap:
+    """Where features are injected for one UNet family (design Sec. 1, step 3)."""
+
+    family: str
+    resblock: str  # module path of the ResBlock whose residual is injected
+    qk_blocks: tuple[int, ...]  # decoder (output) block ids whose self-attention Q/K are injected
+
+
+SD1_MAP = BlockMap("sd1", "diffusion_model.output_blocks.4.0", tuple(range(4, 12)))
+SDXL_MAP = BlockMap("sdxl", "diffusion_model.output_blocks.1.0", tuple(range(1, 6)))
+
+
+def block_map_for(model) -> BlockMap:
+    """The block map of ``model``'s UNet (SD1.x/SD2.x share one; SDXL has its own); ValueError otherwise."""
+    dm = getattr(model.model, "diffusion_model", None)
+    cfg = getattr(model.model.model_config, "unet_config", {})
+    n_out = len(getattr(dm, "output_blocks", []))
+    mult = len(cfg.get("channel_mult", []))
+    if n_out == 12 and mult == 4:
+        return SD1_MAP
+    if n_out == 9 and mult == 3:
+        return SDXL_MAP
+    raise ValueError(
+        f"model: DiffStyler supports SD1.x, SD2.x and SDXL UNets; this one ({type(model.model).__name__}, "
+        f"{n_out} decoder blocks) is not one of them"
+    )
+
+
+@dataclass
+class CallPlan:
+    """Row roles of the UNet call in progress (rows = batch rows after the content rows were added)."""
+
+    lora_rows: dict[int, torch.Tensor]  # style index -> row indices that get that style's LoRA
+    lora_scale: dict[int, float]  # style index -> strength multiplier (1.0: deltas carry the strength)
+    res_rows: torch.Tensor | None  # rows whose ResBlock residual is replaced ...
+    res_src: torch.Tensor | None  # ... by these (content) rows
+    qk_rows: torch.Tensor | None
+    qk_src: torch.Tensor | None
+    qk_ratio: float
+    lora_in_injected_attention: bool
+
+
+@dataclass
+class RunPlan:
+    """What a DiffStyler guider activates for one sampling run."""
+
+    roles: list[tuple[int, bool]]  # cond index -> (branch index, is_uncond); branch -1 = no LoRA, no injection
+    inject_branches: set[int]  # branches that receive content features
+    lora_branch_to_style: dict[int, int]  # branch -> style index whose deltas apply
+    sample_sigmas: torch.Tensor
+    content_latent_at: object  # callable(sigma) -> model-space [B,C,h,w]
+    content_conditioning: dict  # name -> ComfyUI CONDRegular for the content rows
+    feature_end: float
+    qk_end: float
+    qk_blend: str
+    lora_in_injected_attention: bool
+    model_sampling: object
+    calls: int = 0
+    rows_seen: list[int] = field(default_factory=list)
+
+
+class PatchState:
+    """Shared by every patch one Injector installed; ``run``/``call`` are set only while sampling."""
+
+    def __init__(self, block_map: BlockMap, n_styles: int, style_ids: tuple[str, ...], settings: dict):
+        self.block_map = block_map
+        self.n_styles = n_styles
+        self.style_ids = style_ids
+        self.settings = dict(settings)
+        self.run: RunPlan | None = None
+        self.call: CallPlan | None = None
+        self.deltas_bytes = 0
+
+    def on_model_patcher_clone(self):
+        return self  # clones of the patched MODEL share the patches, so they share the state
+
+
+# ---------------------------------------------------------------- class-swapped layers
+
+def swapped_copy(module: torch.nn.Module, mixin: type, **class_attrs) -> torch.nn.Module:
+    """A view of ``module`` whose class also derives from ``mixin`` and carries ``class_attrs``.
+
+    The view shares the original's ``__dict__`` (parameters, buffers, children and ComfyUI's
+    bookkeeping flags such as ``comfy_patched_weights``), so parameter names, weight patches (a LoRA
+    merged by the core loader), lowvram casts and device moves act on both alike, whichever of the
+    two is in the model tree. The per-patch data lives on a class made for this one view.
+    """
+    base = type(module)
+    cls = type(f"DiffStyler{base.__name__}", (mixin, base), {"_ds_cache": {}, **class_attrs})
+    new = object.__new__(cls)
+    new.__dict__ = module.__dict__
+    return new
+
+
+class RowLoRAMixin:
+    """Adds each style's LoRA delta on that style's rows only (Linear or Conv2d)."""
+
+    _ds_state: PatchState
+    _ds_deltas: dict[int, LayerDelta]
+    _ds_in_injected_attention: bool
+
+    def forward(self, x, *args, **kwargs):
+        out = super().forward(x, *args, **kwargs)
+        state = self._ds_state
+        call = state.call if state.run is not None else None
+        if call is None or not call.lora_rows:
+            return out
+        if self._ds_in_injected_attention and not call.lora_in_injected_attention:
+            return out
+        for style, rows in call.lora_rows.items():
+            d = self._ds_deltas.get(style)
+            if d is None or rows.numel() == 0:
+                continue
+            d = self._ds_cast(style, d, x)
+            xr = x.index_select(0, rows)
+            if isinstance(self, torch.nn.Conv2d):
+                delta = conv2d_delta(xr, d, self.stride, self.padding, self.dilation, self.groups)
+            else:
+                delta = linear_delta(xr, d)
+            out = out.index_add(0, rows, delta.to(out.dtype), alpha=call.lora_scale.get(style, 1.0))
+        return out
+
+    def _ds_cast(self, style: int, d: LayerDelta, x: torch.Tensor) -> LayerDelta:
+        cache = type(self)._ds_cache
+        key = (style, x.device, x.dtype)
+        if key not in cache:
+            if len(cache) > 16:
+                cache.clear()
+            cache[key] = d.to(x.device, x.dtype)
+        return cache[key]
+
+
+class InjectedResBlockMixin:
+    """ResBlock whose style rows output ``skip(x_style) + h_content`` (Plug-and-Play features)."""
+
+    _ds_state: PatchState
+
+    def _forward(self, x, emb):
+        state = self._ds_state
+        call = state.call if state.run is not None else None
+        if call is None or call.res_rows is None:
+            return super()._forward(x, emb)
+        h = self._ds_residual(x, emb)
+        h = h.index_copy(0, call.res_rows, h.index_select(0, call.res_src))
+        if self.updown:
+            x = self.x_upd(x)
+        return self.skip_connection(x) + h
+
+    def _ds_residual(self, x, emb):
+        """The residual branch ``h`` of ComfyUI's ResBlock._forward (everything but the skip)."""
+        if self.updown:
+            in_rest, in_conv = self.in_layers[:-1], self.in_layers[-1]
+            h = in_conv(self.h_upd(in_rest(x)))
+        else:
+            h = self.in_layers(x)
+        emb_out = None
+        if not self.skip_t_emb:
+            emb_out = self.emb_layers(emb).type(h.dtype)
+            while len(emb_out.shape) < len(h.shape):
+                emb_out = emb_out[..., None]
+        if self.use_scale_shift_norm:
+            out_norm, out_rest = self.out_layers[0], self.out_layers[1:]
+            h = out_norm(h)
+            if emb_out is not None:
+                scale, shift = torch.chunk(emb_out, 2, dim=1)
+                h = h * (1 + scale) + shift
+            return out_rest(h)
+        if emb_out is not None:
+            if self.exchange_temb_dims:
+                emb_out = emb_out.movedim(1, 2)
+            h = h + emb_out
+        return self.out_layers(h)
+
+
+# ---------------------------------------------------------------- attn1 replace (Q/K injection)
+
+
+def make_qk_replace(state: PatchState, previous=None):
+    """An attn1 replace: blend the style rows' Q/K with the content rows' (paper Sec. 3.2), V untouched.
+
+    ``previous`` is the replace another pack registered for the same block; it is called instead of
+    plain attention so both stay active.
+    """
+
+    def diffstyler_qk_replace(q, k, v, extra_options):
+        call = state.call if state.run is not None else None
+        if call is not None and call.qk_rows is not None:
+            r = call.qk_ratio
+            q = q.index_copy(0, call.qk_rows, blend_qk(q.index_select(0, call.qk_src), q.index_select(0, call.qk_rows), r))
+            k = k.index_copy(0, call.qk_rows, blend_qk(k.index_select(0, call.qk_src), k.index_select(0, call.qk_rows), r))
+        if previous is not None:
+            return previous(q, k, v, extra_options)
+        return attention.optimized_attention(
+            q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+            transformer_options=extra_options,
+        )
+
+    diffstyler_qk_replace.diffstyler_previous = previous
+    return diffstyler_qk_replace
+
+
+# ---------------------------------------------------------------- APPLY_MODEL wrapper (content rows)
+
+
+def _index(rows: list[int], device) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+def make_apply_model_wrapper(state: PatchState):
+    """Keyed APPLY_MODEL wrapper: while a run is active, put the content rows first in every UNet call
+    that holds a branch inside an injection window, set the call's row plan, and drop those rows again."""
+
+    def diffstyler_apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+                               **kwargs):
+        run = state.run
+        if run is None:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        cond_or_uncond = list(transformer_options.get("cond_or_uncond", []))
+        n_chunks = max(1, len(cond_or_uncond))
+        b = x.shape[0] // n_chunks
+        sigma = t[0]
+        step = _step_index(run.sample_sigmas, sigma)
+        steps = int(run.sample_sigmas.shape[0]) - 1
+        res_on = step >= 0 and in_window(step, run.feature_end, steps)
+        qk_on = step >= 0 and in_window(step, run.qk_end, steps)
+        roles = [run.roles[ci] if 0 <= ci < len(run.roles) else (-1, False) for ci in cond_or_uncond]
+        inject_chunks = [j for j, (branch, _u) in enumerate(roles) if branch in run.inject_branches]
+        need_content = (res_on or qk_on) and bool(inject_chunks)
+        offset = b if need_content else 0
+        if need_content:
+            if control is not None or c_concat is not None:
+                raise ValueError(
+                    "DiffStyler's content injection cannot run together with ControlNet or inpainting-model inputs "
+                    "in the same UNet call: set feature_injection_end and qk_injection_end to 0 to use them"
+                )
+            x_src = run.content_latent_at(sigma).to(device=x.device, dtype=x.dtype)
+            if x_src.shape[0] != b:
+                raise ValueError(f"inversion: the content latent batch ({x_src.shape[0]}) differs from the sampled one ({b})")
+            x = torch.cat([x_src, x])
+            t = torch.cat([t[:b], t])
+            c_crossattn, kwargs = _prepend_conditioning(run.content_conditioning, b, c_crossattn, kwargs)
+        device = x.device
+        lora_rows: dict[int, list[int]] = {}
+        for j, (branch, _u) in enumerate(roles):
+            style = run.lora_branch_to_style.get(branch)
+            if style is not None:
+                lora_rows.setdefault(style, []).extend(range(offset + j * b, offset + (j + 1) * b))
+        inj_rows = [offset + j * b + i for j in inject_chunks for i in range(b)] if need_content else []
+        inj_src = [i for _j in inject_chunks for i in range(b)] if need_content else []
+        timestep = float(run.model_sampling.timestep(sigma.reshape(1)).reshape(-1)[0])
+        plan = CallPlan(
+            lora_rows={s: _index(r, device) for s, r in lora_rows.items()},
+            lora_scale={},
+            res_rows=_index(inj_rows, device) if (need_content and res_on) else None,
+            res_src=_index(inj_src, device) if (need_content and res_on) else None,
+            qk_rows=_index(inj_rows, device) if (need_content and qk_on) else None,
+            qk_src=_index(inj_src, device) if (need_content and qk_on) else None,
+            qk_ratio=qk_blend_ratio(timestep, run.qk_blend),
+            lora_in_injected_attention=run.lora_in_injected_attention,
+        )
+        run.calls += 1
+        run.rows_seen.append(int(x.shape[0]))
+        state.call = plan
+        try:
+            out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        finally:
+            state.call = None
+        return out[offset:] if offset else out
+
+    return diffstyler_apply_model
+
+
+def _step_index(sample_sigmas: torch.Tensor, sigma) -> int:
+    from ..core.schedule import find_sigma_index
+
+    return find_sigma_index(sample_sigmas, sigma)
+
+
+def _prepend_conditioning(content: dict, b: int, c_crossattn, kwargs: dict):
+    """Concatenate the content rows' conditioning in front of the call's (padding prompt lengths as core does)."""
+    kwargs = dict(kwargs)
+    for name, cond in content.items():
+        if name == "c_crossattn":
+            if c_crossattn is None:
+                continue
+            c_crossattn = cond.concat([type(cond)(c_crossattn)])
+        elif name in kwargs and isinstance(kwargs[name], torch.Tensor):
+            kwargs[name] = cond.concat([type(cond)(kwargs[name])])
+    return c_crossattn, kwargs
+
+
+# ---------------------------------------------------------------- installation
+
+
+def attn1_module_paths(block_map: BlockMap, model) -> set[str]:
+    """Module paths of the attn1 projections inside the injected decoder blocks."""
+    out = set()
+    for name, _m in model.model.named_modules():
+        for i in block_map.qk_blocks:
+            prefix = f"diffusion_model.output_blocks.{i}."
+            if name.startswith(prefix) and ".attn1." in name:
+                out.add(name)
+    return out
+
+
+def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[str, ...], settings: dict):
+    """Patch a clone of ``model``; returns (patched clone, PatchState)."""
+    block_map = block_map_for(model)
+    patched = model.clone()
+    state = PatchState(block_map, len(styles_deltas), style_ids, settings)
+    modules = dict(patched.model.named_modules())
+    injected_attn = attn1_module_paths(block_map, patched)
+
+    per_module: dict[str, dict[int, LayerDelta]] = {}
+    for s, deltas in enumerate(styles_deltas):
+        for path, d in deltas.items():
+            per_module.setdefault(path, {})[s] = d
+            state.deltas_bytes += d.nbytes()
+    for path, deltas in per_module.items():
+        m = modules.get(path)
+        if m is None or not isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            logger.warning("DiffStyler: LoRA target %s is not a Linear/Conv2d layer of this model; skipped", path)
+            continue
+        current = patched.get_model_object(path)
+        patched.add_object_patch(path, swapped_copy(current, RowLoRAMixin, _ds_state=state, _ds_deltas=deltas,
+                                                    _ds_in_injected_attention=path.rsplit(".", 1)[0] in injected_attn
+                                                    or path in injected_attn))
+    logger.info("DiffStyler: per-row LoRA on %d layers for %d style(s) (%.1f MB of factors)", len(per_module),
+                len(styles_deltas), state.deltas_bytes / 2**20)
+
+    res = patched.get_model_object(block_map.resblock)
+    patched.add_object_patch(block_map.resblock, swapped_copy(res, InjectedResBlockMixin, _ds_state=state))
+    logger.info("DiffStyler: ResBlock feature injection at %s", block_map.resblock)
+
+    replaces = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    for i in block_map.qk_blocks:
+        keys = [k for k in replaces if len(k) == 3 and k[0] == "output" and k[1] == i]
+        for key in [("output", i)] + keys:
+            previous = replaces.get(key)
+            patched.set_model_attn1_replace(make_qk_replace(state, previous), *key)
+            if previous is not None:
+                logger.info("DiffStyler: chained Q/K injection onto an existing attn1 replace at %s", key)
+    logger.info("DiffStyler: Q/K injection on decoder blocks %s", list(block_map.qk_blocks))
+
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
+                                 make_apply_model_wrapper(state))
+    patched.set_attachments(ATTACHMENT, state)
+    return patched, state
+
+
+def state_of(model) -> PatchState | None:
+    return model.get_attachment(ATTACHMENT)

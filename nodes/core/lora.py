@@ -1,0 +1,63 @@
+"""Per-row LoRA deltas (no ComfyUI): ``delta(x) = scale * up(down(x))`` or a full weight delta.
+
+A style's LoRA is applied only to the batch rows of that style's branch (design Sec. 2), so the
+UNet weights are never merged or copied: each patched layer keeps the low-rank factors of every
+style and adds the delta on its own rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+
+@dataclass
+class LayerDelta:
+    """The delta one style adds to one layer.
+
+    Low-rank form: ``down`` ``[r, in(,k,k)]``, ``up`` ``[out, r(,1,1)]``, ``scale = strength*alpha/r``.
+    Full form: ``weight`` of the layer's weight shape (LoHa, LoKr, DoRA, diff and LoCon-with-mid files),
+    already multiplied by the strength. ``bias`` is an optional bias delta.
+    """
+
+    down: torch.Tensor | None = None
+    up: torch.Tensor | None = None
+    scale: float = 1.0
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.down, self.up, self.weight, self.bias) if t is not None)
+
+    def to(self, device, dtype) -> LayerDelta:
+        def cv(t):
+            return None if t is None else t.to(device=device, dtype=dtype)
+
+        return LayerDelta(cv(self.down), cv(self.up), self.scale, cv(self.weight), cv(self.bias))
+
+
+def linear_delta(x: torch.Tensor, d: LayerDelta) -> torch.Tensor:
+    """Delta output of a Linear layer for input ``x`` ``[..., in]``."""
+    if d.weight is not None:
+        out = F.linear(x, d.weight)
+    else:
+        out = F.linear(F.linear(x, d.down.flatten(1)), d.up.flatten(1)) * d.scale
+    if d.bias is not None:
+        out = out + d.bias
+    return out
+
+
+def conv2d_delta(x: torch.Tensor, d: LayerDelta, stride, padding, dilation, groups: int = 1) -> torch.Tensor:
+    """Delta output of a Conv2d layer for input ``x`` ``[B,in,H,W]`` (same geometry as the layer)."""
+    if d.weight is not None:
+        out = F.conv2d(x, d.weight, None, stride, padding, dilation, groups)
+    else:
+        down = d.down if d.down.ndim == 4 else d.down[:, :, None, None]
+        up = d.up if d.up.ndim == 4 else d.up[:, :, None, None]
+        h = F.conv2d(x, down, None, stride, padding, dilation, groups)
+        out = F.conv2d(h, up) * d.scale
+    if d.bias is not None:
+        out = out + d.bias.view(1, -1, 1, 1)
+    return out

@@ -1,0 +1,45 @@
+"""The DIFFSTYLER_STYLES value passed between nodes (no ComfyUI)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Style:
+    """One (LoRA, prompt, mask) triple of the paper (Sec. 3.3).
+
+    ``lora``: a LoRA state dict (file contents or a LORA_MODEL) or None for a prompt-only region.
+    ``conditioning``: the ComfyUI CONDITIONING of the style's prompt. ``mask``: MASK ``[B,H,W]``.
+    """
+
+    uid: str
+    name: str
+    lora: dict | None
+    strength: float
+    conditioning: list
+    mask: torch.Tensor
+
+
+def style_uid(name: str, lora: dict | None, strength: float) -> str:
+    """Identity of a style's LoRA binding (what the Injector patched), independent of prompt and mask."""
+    h = hashlib.sha1(f"{name}|{float(strength):.8g}|".encode())
+    if lora is not None:
+        for k in sorted(lora)[:16]:
+            v = lora[k]
+            h.update(k.encode())
+            if isinstance(v, torch.Tensor):
+                h.update(str(tuple(v.shape)).encode())
+                h.update(f"{float(v.detach().float().flatten()[:32].sum()):.6e}".encode())
+        h.update(str(len(lora)).encode())
+    return h.hexdigest()[:16]
+
+
+def append_style(styles: list[Style] | None, style: Style, limit: int = 16) -> list[Style]:
+    out = list(styles or []) + [style]
+    if len(out) > limit:
+        raise ValueError(f"styles: at most {limit} styles can be chained, got {len(out)}")
+    return out

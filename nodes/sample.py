@@ -1,0 +1,131 @@
+"""Masked Feature Fusion Sampler (all in one), and its GUIDER / SAMPLER / SIGMAS pieces."""
+
+from __future__ import annotations
+
+import comfy.utils
+import latent_preview
+
+from ._api import io
+from .adapters.guider import BACKGROUNDS, DiffStylerGuider, ddim_sampler
+from .invert import INVERSION
+from .style import STYLES
+
+NEGATIVE_DEFAULT = "ugly, blurry, black, low res, unrealistic"
+
+
+def _common_inputs():
+    return [
+        io.Model.Input("model", tooltip="The MODEL from Cross-LoRA Attention Injector (DiffStyler)."),
+        INVERSION.Input("inversion", tooltip="The DDIM Inversion (DiffStyler) of the content latent."),
+        io.Conditioning.Input(
+            "positive", tooltip="Base prompt: used for the background branch when background = model.",
+        ),
+        io.Conditioning.Input(
+            "negative", tooltip=f"Negative prompt for every branch (paper: '{NEGATIVE_DEFAULT}').",
+        ),
+        io.Float.Input("cfg", default=10.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                       tooltip="Classifier-free guidance scale (paper: 10.5)."),
+        io.Combo.Input(
+            "background", options=list(BACKGROUNDS), default="exact",
+            tooltip="exact: outside the masks the content latent is kept exactly; model: the reference behaviour, "
+            "a base branch without LoRA predicts the background.",
+        ),
+        STYLES.Input("styles", optional=True,
+                     tooltip="The styles (default: the ones the Injector patched). Must match the Injector's."),
+    ]
+
+
+def _styles_of(model, styles):
+    from .adapters import patches
+
+    state = patches.state_of(model)
+    if styles is None and state is not None:
+        raise ValueError("styles: connect the same DIFFSTYLER_STYLES that go into the Injector")
+    return styles
+
+
+class DiffStylerMaskedFusionSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffStylerMaskedFusionSampler",
+            display_name="Masked Feature Fusion Sampler (DiffStyler)",
+            category="DiffStyler/sample",
+            description=(
+                "Samples every style branch in one batched UNet call per step, starting from the inverted latent, "
+                "fuses their noise predictions by mask before CFG and keeps the content outside the masks "
+                "(paper Sec. 3.3). Steps come from the inversion."
+            ),
+            inputs=_common_inputs(),
+            outputs=[io.Latent.Output(tooltip="The stylized latent (decode with the checkpoint's VAE).")],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, positive, negative, cfg, background, styles=None) -> io.NodeOutput:
+        styles = _styles_of(model, styles)
+        guider = DiffStylerGuider(model, inversion, styles, positive, negative, cfg, background)
+        sigmas = inversion.sigmas
+        x_t = model.model.process_latent_out(inversion.trajectory[0].clone())
+        callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
+        samples = guider.sample(
+            x_t * 0, x_t, ddim_sampler(), sigmas, callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0,
+        )
+        return io.NodeOutput({"samples": samples.cpu()})
+
+
+class DiffStylerGuiderNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffStylerGuider",
+            display_name="Masked Fusion Guider (DiffStyler)",
+            category="DiffStyler/sample",
+            description="The DiffStyler GUIDER for SamplerCustomAdvanced: pair it with DDIM Sampler (DiffStyler), "
+            "Inversion Sigmas (DiffStyler), DisableNoise and the inverted latent.",
+            inputs=_common_inputs(),
+            outputs=[io.Guider.Output(tooltip="GUIDER for SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, positive, negative, cfg, background, styles=None) -> io.NodeOutput:
+        styles = _styles_of(model, styles)
+        return io.NodeOutput(DiffStylerGuider(model, inversion, styles, positive, negative, cfg, background))
+
+
+class DiffStylerDDIMSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffStylerDDIMSampler",
+            display_name="DDIM Sampler (DiffStyler)",
+            category="DiffStyler/sample",
+            description="DDIM (eta 0) SAMPLER that starts on the inversion's x_T and keeps the exact background when "
+            "used with the DiffStyler guider; plain DDIM with any other guider.",
+            inputs=[],
+            outputs=[io.Sampler.Output(tooltip="SAMPLER for SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(ddim_sampler())
+
+
+class DiffStylerInversionSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffStylerInversionSigmas",
+            display_name="Inversion Sigmas (DiffStyler)",
+            category="DiffStyler/sample",
+            description="The sigma schedule a DDIM Inversion used, for SamplerCustomAdvanced.",
+            inputs=[INVERSION.Input("inversion", tooltip="The DDIM Inversion (DiffStyler) output.")],
+            outputs=[io.Sigmas.Output(tooltip="The inversion's ddim_uniform sigmas.")],
+        )
+
+    @classmethod
+    def execute(cls, inversion) -> io.NodeOutput:
+        return io.NodeOutput(inversion.sigmas.clone())
+
+
+NODES = [DiffStylerMaskedFusionSampler, DiffStylerGuiderNode, DiffStylerDDIMSampler, DiffStylerInversionSigmas]
