@@ -57,7 +57,7 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                 deltas.append({})
                 continue
             p = lora_file.unet_patches(s.lora, model, f"style {i} LoRA ({s.name})")
-            deltas.append(lora_file.layer_deltas(p, model, s.strength))
+            deltas.append(lora_file.layer_deltas(p, model, s.strength, f"style {i} LoRA ({s.name})"))
         settings = {
             "feature_injection_end": float(feature_injection_end),
             "qk_injection_end": float(qk_injection_end),

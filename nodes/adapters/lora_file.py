@@ -94,10 +94,23 @@ def _identity(a):
     return a
 
 
-def layer_deltas(patches: dict, model, strength: float) -> dict[str, LayerDelta]:
-    """``{module path: LayerDelta}`` for one style at ``strength`` (module path without ``.weight``)."""
+def layer_deltas(patches: dict, model, strength: float, source: str = "LoRA") -> dict[str, LayerDelta]:
+    """``{module path: LayerDelta}`` for one style at ``strength`` (module path without ``.weight``).
+
+    ValueError naming ``source`` when the LoRA's layer shapes do not fit the model (same key names,
+    other architecture size).
+    """
     state = model.model.state_dict()
     out: dict[str, LayerDelta] = {}
+    bad = [(k, _shape_of(a), tuple(state[k].shape)) for k, a in patches.items()
+           if k in state and _shape_of(a) is not None and not _fits(_shape_of(a), tuple(state[k].shape))]
+    if bad:
+        k, got, want = bad[0]
+        raise ValueError(
+            f"{source}: {len(bad)} of its {len(patches)} matching layers have shapes that do not fit this model "
+            f"(e.g. {k}: LoRA gives {list(got)}, model has {list(want)}): it is a LoRA for another architecture; "
+            "pick one trained for this checkpoint's family"
+        )
     for key, adapter in patches.items():
         if key.endswith(".weight"):
             module, part = key[: -len(".weight")], "weight"
@@ -122,6 +135,23 @@ def layer_deltas(patches: dict, model, strength: float) -> dict[str, LayerDelta]
         else:
             d.bias = full
     return {k: v for k, v in out.items() if v.down is not None or v.weight is not None or v.bias is not None}
+
+
+def _shape_of(adapter) -> tuple | None:
+    """(out, in*k*k) implied by a plain LoRA's factors, else None (checked later by calculate_weight)."""
+    lr = _low_rank(adapter)
+    if lr is None:
+        return None
+    up, down, _alpha = lr
+    return (int(up.shape[0]), int(down.flatten(1).shape[1]))
+
+
+def _fits(lora_shape: tuple, weight_shape: tuple) -> bool:
+    out_dim = weight_shape[0]
+    in_numel = 1
+    for s in weight_shape[1:]:
+        in_numel *= s
+    return lora_shape == (out_dim, in_numel)
 
 
 def _low_rank(adapter):

@@ -6,7 +6,8 @@ masks with a prompt (Sec. 3.2, prompt-guided selection); this module is that sec
 
 Shapes: IMAGE ``[B,H,W,C]`` float 0..1, MASK ``[B,H,W]`` float 0..1, the detections of one image
 ``[N,H,W]`` bool at that image's size. Coordinates are pixels of the input image, x to the right,
-y down; a point names the pixel it falls on, a box ``[x0,y0,x1,y1]`` spans ``x0 <= x < x1``.
+y down; a point names a pixel, a box ``[x0,y0,x1,y1]`` spans ``x0 <= x < x1``. Coordinates are rounded
+to integers (half up), as the pack's point/box editor (js/lib/geometry.js) does.
 """
 
 from __future__ import annotations
@@ -44,18 +45,16 @@ class PointPrompt:
 class BoxPrompt:
     """A box in pixels of the input image, ``x0 < x1`` and ``y0 < y1`` (x1, y1 exclusive)."""
 
-    x0: float
-    y0: float
-    x1: float
-    y1: float
+    x0: int
+    y0: int
+    x1: int
+    y1: int
 
     def pixel_bounds(self, height: int, width: int) -> tuple[int, int, int, int]:
-        """``(x0, y0, x1, y1)`` as pixel indices clipped to the image; covers every pixel the box touches."""
-        x0 = min(max(int(math.floor(self.x0)), 0), width)
-        y0 = min(max(int(math.floor(self.y0)), 0), height)
-        x1 = min(max(int(math.ceil(self.x1)), x0), width)
-        y1 = min(max(int(math.ceil(self.y1)), y0), height)
-        return x0, y0, x1, y1
+        """``(x0, y0, x1, y1)`` clipped to the image, for slicing ``[y0:y1, x0:x1]``."""
+        x0 = min(max(self.x0, 0), width)
+        y0 = min(max(self.y0, 0), height)
+        return x0, y0, min(max(self.x1, x0), width), min(max(self.y1, y0), height)
 
 
 @dataclass(frozen=True)
@@ -106,12 +105,17 @@ def _number(value, widget: str, what: str) -> float:
     return float(value)
 
 
+def _round(v: float) -> int:
+    """Round half up, as JavaScript's Math.round does in the editor."""
+    return int(math.floor(v + 0.5))
+
+
 def parse_points(text: str | None, widget: str = "points") -> tuple[PointPrompt, ...]:
     """Parse point prompts from JSON.
 
     Accepts ``[{"x": 10, "y": 20, "label": 1}, ...]`` (label 1 positive, 0 negative), the same without
     ``label`` (positive, as other point editors write), ``[[x, y], [x, y, label], ...]`` and a single
-    point object. Fractional coordinates name the pixel they fall in. Empty text gives no points.
+    point object. Coordinates are rounded half up, like the editor. Empty text gives no points.
     """
     data = _load_json(text, widget, POINTS_EXAMPLE)
     if data is None:
@@ -119,22 +123,26 @@ def parse_points(text: str | None, widget: str = "points") -> tuple[PointPrompt,
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
-        raise ValueError(f"{widget}: expected a JSON list of points such as {POINTS_EXAMPLE}, got {type(data).__name__}")
+        raise ValueError(
+            f"{widget}: expected a JSON list of points such as {POINTS_EXAMPLE}, got {type(data).__name__}"
+        )
     out = []
     for i, item in enumerate(data):
         if isinstance(item, dict):
             if "x" not in item or "y" not in item:
-                raise ValueError(f"{widget}: point {i} needs 'x' and 'y' keys, got {item!r} (example: {POINTS_EXAMPLE})")
+                raise ValueError(
+                    f"{widget}: point {i} needs 'x' and 'y' keys, got {item!r} (example: {POINTS_EXAMPLE})"
+                )
             x, y, label = item["x"], item["y"], item.get("label", 1)
         elif isinstance(item, (list, tuple)) and len(item) in (2, 3):
             x, y, label = item[0], item[1], (item[2] if len(item) == 3 else 1)
         else:
-            raise ValueError(f"{widget}: point {i} must be an object {{\"x\", \"y\", \"label\"}} or [x, y], got {item!r}")
+            raise ValueError(f'{widget}: point {i} must be an object {{"x", "y", "label"}} or [x, y], got {item!r}')
         fx = _number(x, widget, f"point {i} x")
         fy = _number(y, widget, f"point {i} y")
         if isinstance(label, bool) or label not in (0, 1):
             raise ValueError(f"{widget}: point {i} label must be 1 (positive) or 0 (negative), got {label!r}")
-        out.append(PointPrompt(int(math.floor(fx)), int(math.floor(fy)), bool(label == 1)))
+        out.append(PointPrompt(_round(fx), _round(fy), bool(label == 1)))
     return tuple(out)
 
 
@@ -151,9 +159,9 @@ def parse_boxes(text: str | None, widget: str = "boxes") -> tuple[BoxPrompt, ...
     for i, item in enumerate(data):
         if not isinstance(item, (list, tuple)) or len(item) != 4:
             raise ValueError(f"{widget}: box {i} must be [x0, y0, x1, y1], got {item!r} (example: {BOXES_EXAMPLE})")
-        x0, y0, x1, y1 = (_number(v, widget, f"box {i} coordinate") for v in item)
+        x0, y0, x1, y1 = (_round(_number(v, widget, f"box {i} coordinate")) for v in item)
         if not (x1 > x0 and y1 > y0):
-            raise ValueError(f"{widget}: box {i} {list(item)} is empty: expected x0 < x1 and y0 < y1")
+            raise ValueError(f"{widget}: box {i} {[x0, y0, x1, y1]} is empty: expected x0 < x1 and y0 < y1")
         out.append(BoxPrompt(x0, y0, x1, y1))
     return tuple(out)
 
@@ -223,7 +231,7 @@ def check_prompts_inside(request: MaskRequest, height: int, width: int) -> None:
     for i, b in enumerate(request.boxes):
         if b.x0 < 0 or b.y0 < 0 or b.x1 > width or b.y1 > height:
             raise ValueError(
-                f"boxes: box {i} [{b.x0:g}, {b.y0:g}, {b.x1:g}, {b.y1:g}] is outside the {width}x{height} image "
+                f"boxes: box {i} [{b.x0}, {b.y0}, {b.x1}, {b.y1}] is outside the {width}x{height} image "
                 f"(x in 0..{width}, y in 0..{height}); give coordinates in pixels of the input image"
             )
 
@@ -295,10 +303,14 @@ def _smallest_containing(masks: torch.Tensor, areas: torch.Tensor, p: PointPromp
 def select_by_points(masks: torch.Tensor, points: tuple[PointPrompt, ...]) -> tuple[list[int], torch.Tensor | None]:
     """Detections picked by point prompts, and the region negative points cut away.
 
-    Masks that contain a negative point are dropped. Each positive point then picks the smallest remaining
-    mask that contains it (the most specific object under the point). Without positive points every
-    remaining mask is kept. The returned ``[H,W]`` bool region is the union of the smallest mask under each
-    negative point; it is subtracted from the result, so a negative point is never inside the mask.
+    1. Masks that contain a negative point are dropped (FastSAM Sec. 3.2: background points exclude masks).
+    2. Each positive point picks the smallest remaining mask that contains it (the most specific object
+       under the point). Without positive points every remaining mask is kept.
+    3. The returned ``[H,W]`` bool region is, for each negative point, the smallest mask that contains it
+       and no positive point; the caller subtracts it from the combined mask.
+
+    So a negative point is never inside the result, and a positive point is inside it whenever some
+    detection contains it and no negative point.
     """
     n = masks.shape[0]
     areas = mask_areas(masks)
@@ -307,6 +319,9 @@ def select_by_points(masks: torch.Tensor, points: tuple[PointPrompt, ...]) -> tu
     touches_negative = torch.zeros(n, dtype=torch.bool, device=masks.device)
     for p in negatives:
         touches_negative |= masks[:, p.y, p.x]
+    touches_positive = torch.zeros(n, dtype=torch.bool, device=masks.device)
+    for p in positives:
+        touches_positive |= masks[:, p.y, p.x]
     allowed = ~touches_negative
     if positives:
         chosen: list[int] = []
@@ -317,9 +332,8 @@ def select_by_points(masks: torch.Tensor, points: tuple[PointPrompt, ...]) -> tu
     else:
         chosen = [i for i in range(n) if bool(allowed[i])]
     cut = None
-    everything = torch.ones(n, dtype=torch.bool, device=masks.device)
     for p in negatives:
-        i = _smallest_containing(masks, areas, p, everything)
+        i = _smallest_containing(masks, areas, p, ~touches_positive)
         if i is not None:
             cut = masks[i].clone() if cut is None else cut | masks[i]
     return chosen, cut

@@ -235,8 +235,6 @@ def draw_loss_curve(
     font = ImageFont.load_default()
     left, right, top, bottom = 64, 16, 28, 40
     x0, x1, y0, y1 = left, width - right, top, height - bottom
-    draw.line([(x0, y0), (x0, y1), (x1, y1)], fill=(0, 0, 0), width=1)
-
     vals = [float(v) for v in losses]
     finite = [v for v in vals if math.isfinite(v)]
     n = len(vals)
@@ -257,6 +255,7 @@ def draw_loss_curve(
             _, y = px(0, v)
             draw.line([(x0, y), (x1, y)], fill=(225, 225, 225), width=1)
             draw.text((4, y - 6), _fmt(v), fill=(0, 0, 0), font=font)
+        draw.line([(x0, y0), (x0, y1), (x1, y1)], fill=(0, 0, 0), width=1)
         win = default_window(n) if window is None else window
         avg = moving_average([v if math.isfinite(v) else 0.0 for v in vals], win)
         for series, color, lw in ((vals, (150, 180, 235), 1), (avg, (200, 40, 30), 2)):
@@ -266,8 +265,10 @@ def draw_loss_curve(
                 draw.ellipse([(x - 2, y - 2), (x + 2, y + 2)], fill=color)
             elif pts:
                 draw.line(pts, fill=color, width=lw)
-        draw.text((x1 - 210, 6), f"raw / moving avg ({win})", fill=(200, 40, 30), font=font)
+        draw.text((x1 - 200, 6), "raw", fill=(90, 130, 220), font=font)
+        draw.text((x1 - 170, 6), f"moving average ({win} steps)", fill=(200, 40, 30), font=font)
     else:
+        draw.line([(x0, y0), (x0, y1), (x1, y1)], fill=(0, 0, 0), width=1)
         draw.text((x0 + 8, (y0 + y1) // 2), "no finite loss values", fill=(200, 0, 0), font=font)
     draw.text((x0 - 3, y1 + 6), "1" if n else "0", fill=(0, 0, 0), font=font)
     draw.text((x1 - 24, y1 + 6), str(n), fill=(0, 0, 0), font=font)
