@@ -100,3 +100,14 @@ def run_graph(comfy_home):
 
     _run.executor = executor
     return _run
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """``main.py --cpu`` on a free loopback port with this pack (and the test pack) in custom_nodes/."""
+    comfy_root = require_comfyui()
+    import comfy_server as cs
+
+    server = cs.start(comfy_root, tmp_path_factory.mktemp("server_base"), PACK_ROOT, SUPPORT)
+    yield server
+    server.stop()

@@ -1,0 +1,65 @@
+"""Packaging rules that need no ComfyUI: deps in sync, no torch, no comfy import at pack import time."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _names(reqs):
+    return [re.split(r"[<>=!~ ;\[]", r.strip(), maxsplit=1)[0].lower() for r in reqs]
+
+
+def test_requirements_equal_project_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = [ln.strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
+    reqs = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert sorted(reqs) == sorted(project["dependencies"])
+    assert "torch" not in _names(reqs) and "torchvision" not in _names(reqs)
+    assert {"ultralytics", "safetensors", "numpy", "pillow"} <= set(_names(reqs))
+
+
+def test_comfy_metadata():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    comfy = data["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and "Icon" in comfy
+    assert comfy["requires-comfyui"].startswith(">=0.8.0")
+
+
+def test_pack_import_needs_no_comfy():
+    assert "comfyui_diffstyler" in sys.modules
+    pack = sys.modules["comfyui_diffstyler"]
+    assert pack.WEB_DIRECTORY == "./js"
+    import inspect
+
+    assert inspect.iscoroutinefunction(pack.comfy_entrypoint)
+    for path in [ROOT / "__init__.py", *sorted((ROOT / "nodes" / "core").glob("*.py")), ROOT / "nodes" / "__init__.py"]:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                mods = [node.module or ""]
+            else:
+                continue
+            for m in mods:
+                assert not m.split(".")[0] in ("comfy", "comfy_api", "folder_paths", "nodes", "execution"), (path, m)
+
+
+def test_no_v1_mappings_and_single_api_import():
+    for path in (ROOT / "nodes").rglob("*.py"):
+        text = path.read_text()
+        assert "NODE_CLASS_MAPPINGS" not in text, path
+        if path.name != "_api.py":
+            assert "comfy_api" not in text, f"{path} imports comfy_api directly: use nodes/_api.py"
+
+
+def test_ultralytics_imported_in_one_module():
+    users = [p.relative_to(ROOT).as_posix() for p in (ROOT / "nodes").rglob("*.py")
+             if re.search(r"^\s*(import ultralytics|from ultralytics)", p.read_text(), re.M)]
+    assert users in ([], ["nodes/adapters/fastsam.py"]), users

@@ -1,0 +1,41 @@
+"""A fresh ``main.py --cpu`` loads the pack from custom_nodes/ and serves its nodes (issue: foundation)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.server
+
+CORE_NODES = {
+    "DiffStylerInvert", "DiffStylerStyleLoRA", "DiffStylerCrossLoRAInjector", "DiffStylerMaskedFusionSampler",
+    "DiffStylerGuider", "DiffStylerDDIMSampler", "DiffStylerInversionSigmas",
+}
+
+
+def _tooltips(info: dict):
+    for section in ("required", "optional"):
+        for name, spec in info["input"].get(section, {}).items():
+            yield f"input {name}", (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}).get("tooltip")
+    for i, tip in enumerate(info.get("output_tooltips", [])):
+        yield f"output {i}", tip
+
+
+def test_pack_loads_and_lists_nodes_with_tooltips(comfy_server):
+    log = comfy_server.log.read_text()
+    ours = [line for line in log.splitlines() if "custom_nodes/comfyui-diffstyler" in line]
+    assert ours, "the pack was not seen by ComfyUI's custom node loader:\n" + log[-3000:]
+    assert not any("IMPORT FAILED" in line or "Cannot import" in line for line in ours), "\n".join(ours)
+    frames = [line for line in log.splitlines() if line.strip().startswith("File ") and "comfyui-diffstyler" in line]
+    assert not frames, "a traceback passed through the pack:\n" + log[-3000:]
+    info = comfy_server.get("/object_info")
+    ours = {k: v for k, v in info.items() if k.startswith("DiffStyler") and not k.startswith("DiffStylerTest")}
+    missing = CORE_NODES - set(ours)
+    assert not missing, f"nodes missing from /object_info: {missing}"
+    for node_id, spec in ours.items():
+        assert spec["display_name"].endswith("(DiffStyler)"), node_id
+        assert spec["category"].startswith("DiffStyler/"), node_id
+        assert spec.get("description"), f"{node_id} has no description"
+        for where, tip in _tooltips(spec):
+            assert tip, f"{node_id}: {where} has no tooltip"
+    ext = comfy_server.get("/extensions")
+    assert any("fastsam_editor.js" in e for e in ext), ext
