@@ -35,6 +35,21 @@ class DiffStylerInvert(io.ComfyNode):
                     "conditioning", optional=True,
                     tooltip="Content-branch prompt. Default: the empty prompt (encoded with the clip input).",
                 ),
+                io.Combo.Input(
+                    "feature_cache", options=["off", "fp16", "fp32"], default="off", optional=True,
+                    tooltip="Also record the content features the sampler injects, so sampling skips the content "
+                    "row (faster; costs memory: see the log). fp32 gives the same result as no cache.",
+                ),
+                io.Float.Input(
+                    "cache_feature_end", default=0.6, min=0.0, max=1.0, step=0.01, optional=True,
+                    tooltip="Record ResBlock features for this fraction of the steps (match the Injector's "
+                    "feature_injection_end).",
+                ),
+                io.Float.Input(
+                    "cache_qk_end", default=0.5, min=0.0, max=1.0, step=0.01, optional=True,
+                    tooltip="Record self-attention Q/K for this fraction of the steps (match the Injector's "
+                    "qk_injection_end).",
+                ),
             ],
             outputs=[
                 INVERSION.Output(
@@ -52,7 +67,8 @@ class DiffStylerInvert(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model, latent, steps: int, clip=None, conditioning=None) -> io.NodeOutput:
+    def execute(cls, model, latent, steps: int, clip=None, conditioning=None, feature_cache: str = "off",
+                cache_feature_end: float = 0.6, cache_qk_end: float = 0.5) -> io.NodeOutput:
         if conditioning is None:
             if clip is None:
                 raise ValueError(
@@ -61,7 +77,8 @@ class DiffStylerInvert(io.ComfyNode):
                 )
             conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(""))
         samples = latent["samples"] if isinstance(latent, dict) and "samples" in latent else latent
-        result = inversion.invert(model, samples, steps, conditioning)
+        result = inversion.invert(model, samples, steps, conditioning, cache_dtype=feature_cache,
+                                  cache_feature_end=cache_feature_end, cache_qk_end=cache_qk_end)
         out = dict(latent) if isinstance(latent, dict) else {}
         out.pop("noise_mask", None)
         out["samples"] = inversion.latent_out(model, result.trajectory[0])

@@ -31,7 +31,7 @@ BACKGROUNDS = ("exact", "model")
 
 class DiffStylerGuider(comfy.samplers.CFGGuider):
     def __init__(self, model_patcher, inversion: InversionResult, styles: list[Style] | None, positive, negative,
-                 cfg: float, background: str = "exact"):
+                 cfg: float, background: str = "exact", use_cache: bool = True):
         super().__init__(model_patcher)
         if background not in BACKGROUNDS:
             raise ValueError(f"background: expected one of {BACKGROUNDS}, got {background!r}")
@@ -53,6 +53,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         self.inversion = inversion
         self.styles = styles
         self.background = background
+        self.use_cache = use_cache
         conds = {"positive": positive, "negative": negative, "content": inversion.conditioning}
         for i, s in enumerate(styles):
             conds[f"style_{i}"] = s.conditioning
@@ -92,7 +93,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         traj = inv.trajectory
 
         def content_latent_at(sigma):
-            return traj[inv.index_of(sigma)]
+            return inv.content_input_at(sigma)
 
         s = self.state.settings
         self._branches = branches
@@ -118,6 +119,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             qk_blend=s["qk_blend"],
             lora_in_injected_attention=s["lora_in_injected_attention"],
             model_sampling=self.inner_model.model_sampling,
+            feature_cache=inv.feature_cache if self.use_cache else None,
         )
         self.state.run = self._run
         dev = x.device

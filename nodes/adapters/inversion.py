@@ -16,7 +16,7 @@ import comfy.utils
 import torch
 from tqdm.auto import trange
 
-from ..core.inversion import InversionFingerprint, InversionResult, digest_sigmas
+from ..core.inversion import FeatureCache, InversionFingerprint, InversionResult, digest_sigmas
 from ..core.schedule import ddim_step
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ def make_fingerprint(model, steps: int, latent_shape, sigmas: torch.Tensor) -> I
 
 
 @torch.no_grad()
-def sample_ddim_inverse(model, x, sigmas, extra_args=None, callback=None, disable=None, trajectory=None):
+def sample_ddim_inverse(model, x, sigmas, extra_args=None, callback=None, disable=None, trajectory=None,
+                        recorder=None):
     """k-diffusion style sampler function walking an *ascending* sigma list (DDIM inversion).
 
     ``x`` starts at the clean latent (sigmas[0] = 0). The noise prediction for the step
@@ -77,6 +78,8 @@ def sample_ddim_inverse(model, x, sigmas, extra_args=None, callback=None, disabl
     for i in trange(len(sigmas) - 1, disable=disable):
         comfy.model_management.throw_exception_if_processing_interrupted()
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        if recorder is not None:
+            recorder.step = len(sigmas) - 2 - i  # the sampling step that evaluates at sigma_next
         denoised = model(x, sigma_next * s_in, **extra_args)
         eps = (x - denoised) / sigma_next
         x = ddim_step(x, eps, sigma, sigma_next)
@@ -104,8 +107,13 @@ def validate_latent(model, samples: torch.Tensor, name: str = "latent") -> None:
         raise ValueError(f"{name}: the latent contains NaN or infinite values: re-encode the image")
 
 
-def invert(model, samples: torch.Tensor, steps: int, conditioning: list, disable_pbar: bool = False) -> InversionResult:
-    """DDIM-invert ``samples`` (VAE-space ``[B,C,h,w]``) with ``model`` over ``steps`` ddim_uniform steps."""
+def invert(model, samples: torch.Tensor, steps: int, conditioning: list, disable_pbar: bool = False,
+           cache_dtype: str = "off", cache_feature_end: float = 0.6, cache_qk_end: float = 0.5) -> InversionResult:
+    """DDIM-invert ``samples`` (VAE-space ``[B,C,h,w]``) with ``model`` over ``steps`` ddim_uniform steps.
+
+    ``cache_dtype`` 'fp16'/'fp32' also records the content features the sampler injects during the
+    first ``cache_feature_end`` (ResBlock) and ``cache_qk_end`` (Q/K) of the steps.
+    """
     if steps < 1:
         raise ValueError(f"steps: expected at least 1 inversion step, got {steps}")
     validate_latent(model, samples)
@@ -113,8 +121,20 @@ def invert(model, samples: torch.Tensor, steps: int, conditioning: list, disable
     ascending = sigmas.flip(0)
 
     trajectory: list[torch.Tensor] = []
-    sampler = comfy.samplers.KSAMPLER(sample_ddim_inverse, extra_options={"trajectory": trajectory})
-    guider = comfy.samplers.CFGGuider(model)
+    cache, recorder, run_model = None, None, model
+    if cache_dtype != "off":
+        from . import feature_cache
+
+        if cache_dtype not in feature_cache.CACHE_DTYPES:
+            raise ValueError(f"feature_cache: expected one of off, fp16, fp32, got {cache_dtype!r}")
+        cache = FeatureCache(feature_cache.CACHE_DTYPES[cache_dtype], float(cache_feature_end), float(cache_qk_end))
+        store = model.load_device if comfy.model_management.is_device_cuda(model.load_device) else "cpu"
+        run_model, recorder = feature_cache.recording_clone(model, cache, int(sigmas.shape[0]) - 1, store)
+    extra = {"trajectory": trajectory}
+    if recorder is not None:
+        extra["recorder"] = recorder
+    sampler = comfy.samplers.KSAMPLER(sample_ddim_inverse, extra_options=extra)
+    guider = comfy.samplers.CFGGuider(run_model)
     guider.set_conds(conditioning, conditioning)
     guider.set_cfg(1.0)
 
@@ -130,9 +150,11 @@ def invert(model, samples: torch.Tensor, steps: int, conditioning: list, disable
     traj = torch.stack(trajectory[::-1])  # descending sigma order, traj[i] at sigmas[i]
     fp = make_fingerprint(model, int(sigmas.shape[0]) - 1, samples.shape, sigmas)
     logger.info("DiffStyler: inverted %s latent over %d ddim_uniform steps", list(samples.shape), steps)
+    if cache is not None:
+        feature_cache.log_cache(cache, samples.shape)
     return InversionResult(
         sigmas=sigmas, trajectory=traj, content_latent=samples.detach().cpu().clone(), fingerprint=fp,
-        conditioning=conditioning,
+        conditioning=conditioning, feature_cache=cache,
     )
 
 

@@ -67,6 +67,9 @@ class CallPlan:
     qk_src: torch.Tensor | None
     qk_ratio: float
     lora_in_injected_attention: bool
+    res_cached: torch.Tensor | None = None  # content residual rows from the feature cache (instead of res_src)
+    qk_cached: dict | None = None  # (block, transformer index) -> (q, k) from the feature cache
+    cached_batch_index: torch.Tensor | None = None  # for each injected row, its batch item in the cache
 
 
 @dataclass
@@ -84,6 +87,7 @@ class RunPlan:
     qk_blend: str
     lora_in_injected_attention: bool
     model_sampling: object
+    feature_cache: object = None
     calls: int = 0
     rows_seen: list[int] = field(default_factory=list)
 
@@ -170,7 +174,10 @@ class InjectedResBlockMixin:
         if call is None or call.res_rows is None:
             return super()._forward(x, emb)
         h = self._ds_residual(x, emb)
-        h = h.index_copy(0, call.res_rows, h.index_select(0, call.res_src))
+        if call.res_cached is not None:
+            h = h.index_copy(0, call.res_rows, call.res_cached.to(device=h.device, dtype=h.dtype))
+        else:
+            h = h.index_copy(0, call.res_rows, h.index_select(0, call.res_src))
         if self.updown:
             x = self.x_upd(x)
         return self.skip_connection(x) + h
@@ -215,8 +222,16 @@ def make_qk_replace(state: PatchState, previous=None):
         call = state.call if state.run is not None else None
         if call is not None and call.qk_rows is not None:
             r = call.qk_ratio
-            q = q.index_copy(0, call.qk_rows, blend_qk(q.index_select(0, call.qk_src), q.index_select(0, call.qk_rows), r))
-            k = k.index_copy(0, call.qk_rows, blend_qk(k.index_select(0, call.qk_src), k.index_select(0, call.qk_rows), r))
+            if call.qk_cached is not None:
+                key = (int(extra_options["block"][1]), int(extra_options.get("block_index", 0)))
+                q_c, k_c = call.qk_cached[key]
+                idx = call.cached_batch_index.to(q.device)
+                q_src = q_c.to(device=q.device, dtype=q.dtype).index_select(0, idx)
+                k_src = k_c.to(device=k.device, dtype=k.dtype).index_select(0, idx)
+            else:
+                q_src, k_src = q.index_select(0, call.qk_src), k.index_select(0, call.qk_src)
+            q = q.index_copy(0, call.qk_rows, blend_qk(q_src, q.index_select(0, call.qk_rows), r))
+            k = k.index_copy(0, call.qk_rows, blend_qk(k_src, k.index_select(0, call.qk_rows), r))
         if previous is not None:
             return previous(q, k, v, extra_options)
         return attention.optimized_attention(
@@ -254,7 +269,12 @@ def make_apply_model_wrapper(state: PatchState):
         qk_on = step >= 0 and in_window(step, run.qk_end, steps)
         roles = [run.roles[ci] if 0 <= ci < len(run.roles) else (-1, False) for ci in cond_or_uncond]
         inject_chunks = [j for j, (branch, _u) in enumerate(roles) if branch in run.inject_branches]
-        need_content = (res_on or qk_on) and bool(inject_chunks)
+        cache = run.feature_cache
+        res_cached = cache.res.get(step) if (cache is not None and res_on) else None
+        qk_cached = cache.qk.get(step) if (cache is not None and qk_on) else None
+        from_cache = bool(inject_chunks) and (res_on or qk_on) and (not res_on or res_cached is not None) and (
+            not qk_on or qk_cached is not None)
+        need_content = (res_on or qk_on) and bool(inject_chunks) and not from_cache
         offset = b if need_content else 0
         if need_content:
             if control is not None or c_concat is not None:
@@ -274,18 +294,22 @@ def make_apply_model_wrapper(state: PatchState):
             style = run.lora_branch_to_style.get(branch)
             if style is not None:
                 lora_rows.setdefault(style, []).extend(range(offset + j * b, offset + (j + 1) * b))
-        inj_rows = [offset + j * b + i for j in inject_chunks for i in range(b)] if need_content else []
-        inj_src = [i for _j in inject_chunks for i in range(b)] if need_content else []
+        inj_rows = [offset + j * b + i for j in inject_chunks for i in range(b)] if (need_content or from_cache) else []
+        inj_src = [i for _j in inject_chunks for i in range(b)] if (need_content or from_cache) else []
+        batch_index = _index(inj_src, device) if from_cache else None
         timestep = float(run.model_sampling.timestep(sigma.reshape(1)).reshape(-1)[0])
         plan = CallPlan(
             lora_rows={s: _index(r, device) for s, r in lora_rows.items()},
             lora_scale={},
-            res_rows=_index(inj_rows, device) if (need_content and res_on) else None,
+            res_rows=_index(inj_rows, device) if ((need_content or from_cache) and res_on) else None,
             res_src=_index(inj_src, device) if (need_content and res_on) else None,
-            qk_rows=_index(inj_rows, device) if (need_content and qk_on) else None,
+            qk_rows=_index(inj_rows, device) if ((need_content or from_cache) and qk_on) else None,
             qk_src=_index(inj_src, device) if (need_content and qk_on) else None,
             qk_ratio=qk_blend_ratio(timestep, run.qk_blend),
             lora_in_injected_attention=run.lora_in_injected_attention,
+            res_cached=res_cached.to(device).index_select(0, batch_index) if (from_cache and res_on) else None,
+            qk_cached=qk_cached if (from_cache and qk_on) else None,
+            cached_batch_index=batch_index,
         )
         run.calls += 1
         run.rows_seen.append(int(x.shape[0]))

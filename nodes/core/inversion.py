@@ -49,6 +49,31 @@ def digest_sigmas(sigmas: torch.Tensor) -> str:
 
 
 @dataclass
+class FeatureCache:
+    """Content-branch features recorded during inversion (design Sec. 4, "content-feature cache").
+
+    Keys are *sampling* step indices (0 = first, noisiest step). ``res[j]``: the residual ``h`` of the
+    injected ResBlock ``[B,C,H,W]``; ``qk[j][(block, transformer_index)] = (q, k)``, each ``[B,N,D]``.
+    Only the steps inside the windows it was recorded for are present.
+    """
+
+    dtype: torch.dtype
+    feature_end: float
+    qk_end: float
+    res: dict = field(default_factory=dict)
+    qk: dict = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        n = sum(t.numel() * t.element_size() for t in self.res.values())
+        for layers in self.qk.values():
+            n += sum(q.numel() * q.element_size() + k.numel() * k.element_size() for q, k in layers.values())
+        return n
+
+    def steps_recorded(self) -> tuple[int, int]:
+        return len(self.res), len(self.qk)
+
+
+@dataclass
 class InversionResult:
     """A DDIM inversion of a content latent (paper Sec. 3.1).
 
@@ -64,6 +89,7 @@ class InversionResult:
     content_latent: torch.Tensor
     fingerprint: InversionFingerprint
     conditioning: list = field(default_factory=list)
+    feature_cache: FeatureCache | None = None
 
     @property
     def steps(self) -> int:
@@ -78,6 +104,18 @@ class InversionResult:
                 "sample with the sigmas the inversion used"
             )
         return self.trajectory[i]
+
+    def content_input_at(self, sigma: float | torch.Tensor) -> torch.Tensor:
+        """The content row's input at sampling sigma ``sigma``: the latent the inversion fed the UNet there.
+
+        Inversion step ``x_{i} -> x_{i+1}`` evaluates the UNet on ``x_i`` at ``sigma_{i+1}``; the content
+        branch reuses exactly those evaluation points (one DDIM step cleaner than ``x_{i+1}``), so the
+        inversion pass doubles as the content branch and its features can be cached exactly.
+        """
+        i = find_sigma_index(self.sigmas, sigma)
+        if i < 0:
+            self.latent_at(sigma)  # raises the schedule error
+        return self.trajectory[min(i + 1, self.trajectory.shape[0] - 1)]
 
     def index_of(self, sigma: float | torch.Tensor) -> int:
         return find_sigma_index(self.sigmas, sigma)

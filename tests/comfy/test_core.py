@@ -249,8 +249,8 @@ def test_injection_where_and_when(tiny, mods, inverted, prompts, monkeypatch, sp
         if res_on or qk_on:
             assert rows == 1 + chunks_per_call, "content row first, then the style rows"
             sigma = torch.tensor([call["sigma"]])
-            expect = ms.calculate_input(sigma, inverted.latent_at(sigma))
-            assert torch.allclose(call["x"][0:1], expect, atol=1e-5), "row 0 is the content latent x_t^src"
+            expect = ms.calculate_input(sigma, inverted.content_input_at(sigma))
+            assert torch.allclose(call["x"][0:1], expect, atol=1e-5), "row 0 is the content latent"
         else:
             assert rows == chunks_per_call, "the content row is dropped after the windows close"
         x, emb, out, call_idx = next(r for r in rec.res if r[3] == ci)
@@ -490,3 +490,37 @@ def test_bad_inputs(tiny, mods, inverted, prompts, comfy_home):
         DiffStylerGuider(inject(mods, tiny.model, styles), inverted, other_styles, prompts["base"], prompts["neg"],
                          7.5, "exact")
     assert os.path.exists(comfy_home.models / "loras" / "alien.safetensors")
+
+
+# ------------------------------------------------------------------ content-feature cache
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_feature_cache_equals_content_row(tiny, mods, content, prompts, k):
+    import comfy.patcher_extension
+
+    lat = content[1]
+    plain = mods.inv.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True)
+    cached = mods.inv.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, cache_dtype="fp32")
+    assert torch.equal(plain.trajectory, cached.trajectory) or torch.allclose(plain.trajectory, cached.trajectory,
+                                                                              atol=1e-6)
+    assert cached.feature_cache.steps_recorded() == (6, 5)
+    items = [(dst_core.random_lora(tiny.model, seed=30 + i), 1.0, prompts["style"], half_mask(left=(i == 0)))
+             for i in range(k)]
+    styles = make_styles(mods, items)
+    patched = inject(mods, tiny.model, styles, 0.6, 0.5)
+    rows = []
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "rows",
+                                 lambda ex, x, *a, **kw: rows.append(x.shape[0]) or ex(x, *a, **kw))
+    a = run(mods, patched, plain, prompts, styles)
+    assert rows[0] == 1 + 2 * k
+    rows.clear()
+    b = run(mods, patched, cached, prompts, styles)
+    assert rows == [2 * k] * STEPS, "with the cache no call carries a content row"
+    diff = float((a - b).abs().max())
+    fp16 = mods.inv.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, cache_dtype="fp16")
+    c = run(mods, patched, fp16, prompts, styles)
+    print(f"\nfeature cache k={k}: fp32 max |diff| {diff:.2e}, fp16 max |diff| {float((a - c).abs().max()):.2e}; "
+          f"fp32 cache {cached.feature_cache.nbytes() / 2**20:.2f} MB, fp16 {fp16.feature_cache.nbytes() / 2**20:.2f} MB "
+          f"for a 64x64 image, {STEPS} steps")
+    assert diff <= 1e-4

@@ -1,0 +1,92 @@
+"""Recording the content branch's injected features during DDIM inversion (content-feature cache).
+
+The inversion evaluates the UNet on the content trajectory with the content prompt at exactly the
+sigmas the sampler's content row needs (see ``InversionResult.content_input_at``). Recording the
+injected ResBlock residual and the decoder self-attention Q/K there lets the sampler drop the content
+row: one UNet row per step less, for the memory reported by ``FeatureCache.nbytes``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.ldm.modules.attention as attention
+import torch
+
+from ..core.inversion import FeatureCache
+from ..core.schedule import in_window
+from . import patches
+
+logger = logging.getLogger(__name__)
+
+CACHE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+
+
+class Recorder:
+    """Where the recording patches write; ``step`` is the sampling step index of the current UNet call."""
+
+    def __init__(self, cache: FeatureCache, steps: int, store_device):
+        self.cache = cache
+        self.steps = steps
+        self.step: int | None = None
+        self.store_device = store_device
+
+    def want_res(self) -> bool:
+        return self.step is not None and in_window(self.step, self.cache.feature_end, self.steps)
+
+    def want_qk(self) -> bool:
+        return self.step is not None and in_window(self.step, self.cache.qk_end, self.steps)
+
+    def keep(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(device=self.store_device, dtype=self.cache.dtype).clone()
+
+
+class RecordResBlockMixin:
+    _ds_recorder: Recorder
+
+    def _forward(self, x, emb):
+        rec = self._ds_recorder
+        if not rec.want_res():
+            return super()._forward(x, emb)
+        h = patches.InjectedResBlockMixin._ds_residual(self, x, emb)
+        rec.cache.res[rec.step] = rec.keep(h)
+        if self.updown:
+            x = self.x_upd(x)
+        return self.skip_connection(x) + h
+
+
+def make_qk_recorder(rec: Recorder, previous=None):
+    def diffstyler_qk_recorder(q, k, v, extra_options):
+        if rec.want_qk():
+            key = (int(extra_options["block"][1]), int(extra_options.get("block_index", 0)))
+            rec.cache.qk.setdefault(rec.step, {})[key] = (rec.keep(q), rec.keep(k))
+        if previous is not None:
+            return previous(q, k, v, extra_options)
+        return attention.optimized_attention(
+            q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+            transformer_options=extra_options,
+        )
+
+    return diffstyler_qk_recorder
+
+
+def recording_clone(model, cache: FeatureCache, steps: int, store_device):
+    """A clone of ``model`` whose injected layers record into ``cache``; returns (clone, recorder)."""
+    block_map = patches.block_map_for(model)
+    rec = Recorder(cache, steps, store_device)
+    clone = model.clone()
+    res = clone.get_model_object(block_map.resblock)
+    clone.add_object_patch(block_map.resblock, patches.swapped_copy(res, RecordResBlockMixin, _ds_recorder=rec))
+    replaces = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    for i in block_map.qk_blocks:
+        previous = replaces.get(("output", i))
+        clone.set_model_attn1_replace(make_qk_recorder(rec, previous), "output", i)
+    return clone, rec
+
+
+def log_cache(cache: FeatureCache, latent_shape) -> None:
+    n_res, n_qk = cache.steps_recorded()
+    logger.info(
+        "DiffStyler: content-feature cache %s for latent %s: %d ResBlock steps, %d Q/K steps, %.1f MB",
+        str(cache.dtype).replace("torch.", ""), list(latent_shape), n_res, n_qk, cache.nbytes() / 2**20,
+    )
