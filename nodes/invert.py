@@ -61,7 +61,7 @@ class DiffStylerInvert(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps: int = 50, **kwargs) -> bool | str:
+    def validate_inputs(cls, steps: int = 50) -> bool | str:
         if steps < 1:
             return f"steps: expected at least 1, got {steps}"
         return True

@@ -53,7 +53,7 @@ class DiffStylerStyleLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, strength: float = 1.0, **kwargs) -> bool | str:
+    def validate_inputs(cls, strength: float = 1.0) -> bool | str:
         if strength != strength:  # NaN
             return "strength: expected a number, got NaN"
         return True

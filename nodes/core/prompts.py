@@ -1,8 +1,8 @@
 """FastSAM prompts: parse point/box/text prompts, pick detections, combine masks, draw the preview.
 
 Pure torch + numpy: no ComfyUI, no ultralytics. FastSAM (Zhao et al., "Fast Segment Anything",
-arXiv 2306.12156) first segments every instance in the image (Sec. 3.1) and then selects among those
-masks with a prompt (Sec. 3.2, prompt-guided selection); this module is that second stage.
+arXiv 2306.12156) works in two stages: all-instance segmentation, then prompt-guided selection among
+those masks. This module is the second stage.
 
 Shapes: IMAGE ``[B,H,W,C]`` float 0..1, MASK ``[B,H,W]`` float 0..1, the detections of one image
 ``[N,H,W]`` bool at that image's size. Coordinates are pixels of the input image, x to the right,
@@ -263,7 +263,7 @@ def masked_crops(image: torch.Tensor, masks: torch.Tensor, background: float = 1
     """For each detection, the image cropped to the mask's bounding box with the rest filled by ``background``.
 
     image ``[H,W,3]`` float 0..1, masks ``[N,H,W]`` bool -> N crops ``[h,w,3]`` (a 1x1 background crop for an
-    empty mask). This is what CLIP scores in text mode (FastSAM Sec. 3.2).
+    empty mask). This is what CLIP scores in text mode (FastSAM's text prompt).
     """
     crops = []
     for m in masks:
@@ -288,8 +288,11 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def mask_areas(masks: torch.Tensor) -> torch.Tensor:
-    """``[N,H,W]`` bool -> ``[N]`` pixel counts."""
-    return masks.flatten(1).sum(dim=1)
+    """``[N,H,W]`` bool -> ``[N]`` int32 pixel counts (summed as bytes: twice as fast as a bool sum)."""
+    flat = masks.reshape(masks.shape[0], -1).contiguous()
+    if flat.dtype == torch.bool:
+        flat = flat.view(torch.uint8)
+    return flat.sum(dim=1, dtype=torch.int32)
 
 
 def _smallest_containing(masks: torch.Tensor, areas: torch.Tensor, p: PointPrompt, allowed: torch.Tensor) -> int | None:
@@ -303,7 +306,7 @@ def _smallest_containing(masks: torch.Tensor, areas: torch.Tensor, p: PointPromp
 def select_by_points(masks: torch.Tensor, points: tuple[PointPrompt, ...]) -> tuple[list[int], torch.Tensor | None]:
     """Detections picked by point prompts, and the region negative points cut away.
 
-    1. Masks that contain a negative point are dropped (FastSAM Sec. 3.2: background points exclude masks).
+    1. Masks that contain a negative point are dropped (FastSAM: background points exclude masks).
     2. Each positive point picks the smallest remaining mask that contains it (the most specific object
        under the point). Without positive points every remaining mask is kept.
     3. The returned ``[H,W]`` bool region is, for each negative point, the smallest mask that contains it
@@ -375,16 +378,22 @@ def select_by_scores(scores: torch.Tensor) -> list[int]:
 
 
 def combine_selection(masks: torch.Tensor, chosen: list[int], combine: str, index: int = 0) -> Selection:
-    """Merge the chosen detections: ``union`` of all, the ``largest``, or the ``index``-th by area (largest first)."""
+    """Merge the chosen detections: ``union`` of all, the ``largest``, or the ``index``-th by area (largest first).
+
+    ``picked`` lists the merged detections in index order for ``union`` (no areas needed: a few hundred
+    full-size masks are costly to count), else the one picked.
+    """
     h, w = masks.shape[-2:]
     empty = torch.zeros((h, w), dtype=torch.bool, device=masks.device)
     if not chosen:
         return Selection(empty, (), "no detection matched the prompt")
-    areas = mask_areas(masks)
-    by_area = sorted(chosen, key=lambda i: (-int(areas[i]), i))
     if combine == "union":
-        picked = tuple(by_area)
-    elif combine == "largest":
+        picked = tuple(sorted(chosen))
+        merged = masks if len(picked) == masks.shape[0] else masks[list(picked)]
+        return Selection(merged.any(dim=0), picked)
+    areas = mask_areas(masks[chosen])
+    by_area = [chosen[j] for j in sorted(range(len(chosen)), key=lambda j: (-int(areas[j]), chosen[j]))]
+    if combine == "largest":
         picked = (by_area[0],)
     elif combine == "index":
         if index >= len(by_area):
