@@ -42,13 +42,19 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                     tooltip="Apply the style LoRA inside the injected decoder self-attention layers too. Off "
                     "reproduces the reference scripts, which bypass the LoRA there.",
                 ),
+                io.Combo.Input(
+                    "fusion", options=["noise", "feature"], default="noise", optional=True,
+                    tooltip="noise: one cond/uncond pair per style, fused by mask (the paper). feature "
+                    "(experimental): all styles share one pair; each style's LoRA acts on its region's tokens and "
+                    "each region attends to its own prompt. Faster for several styles.",
+                ),
             ],
             outputs=[io.Model.Output(tooltip="The patched MODEL clone; feed it to the Masked Feature Fusion Sampler.")],
         )
 
     @classmethod
     def execute(cls, model, styles, feature_injection_end: float, qk_injection_end: float, qk_blend: str,
-                lora_in_injected_attention: bool) -> io.NodeOutput:
+                lora_in_injected_attention: bool, fusion: str = "noise") -> io.NodeOutput:
         if not styles:
             raise ValueError("styles: no styles connected: chain at least one Style LoRA Loader (DiffStyler)")
         deltas = []
@@ -63,6 +69,7 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
             "qk_injection_end": float(qk_injection_end),
             "qk_blend": qk_blend,
             "lora_in_injected_attention": bool(lora_in_injected_attention),
+            "fusion": fusion,
         }
         patched, _state = patches.install(model, deltas, tuple(s.uid for s in styles), settings)
         return io.NodeOutput(patched)

@@ -27,6 +27,7 @@ from . import patches
 logger = logging.getLogger(__name__)
 
 BACKGROUNDS = ("exact", "model")
+FUSED_BRANCH = 1000
 
 
 class DiffStylerGuider(comfy.samplers.CFGGuider):
@@ -88,7 +89,10 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         cond_obj = comfy.samplers.get_area_and_mult(content, x, timestep)
         branches = list(self.active)
         base_branch = len(self.styles)
-        if self.background == "model":
+        self._fused = self.state.settings.get("fusion") == "feature" and bool(self.active)
+        if self._fused:
+            branches = [FUSED_BRANCH]
+        elif self.background == "model":
             branches.append(base_branch)
         traj = inv.trajectory
 
@@ -101,7 +105,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         roles = []
         self._conds_list = []
         for br in branches:
-            pos = self.conds["positive"] if br == base_branch else self.conds[f"style_{br}"]
+            pos = self.conds["positive"] if br in (base_branch, FUSED_BRANCH) else self.conds[f"style_{br}"]
             self._conds_list.append(pos)
             roles.append((br, False))
             if self._uncond:
@@ -121,6 +125,18 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             model_sampling=self.inner_model.model_sampling,
             feature_cache=inv.feature_cache if self.use_cache else None,
         )
+        if self._fused:
+            def ctx(key):
+                return self.conds[key][0]["model_conds"]["c_crossattn"].cond
+
+            neg = ctx("negative")
+            self._run.fused_branch = FUSED_BRANCH
+            by_style = dict(zip(self.active, self.weights))
+            self._run.fused_weights = [by_style[i].to(x.device, x.dtype) if i in by_style else None
+                                       for i in range(len(self.styles))] + [self.bg_weight.to(x.device, x.dtype)]
+            self._run.fused_contexts = [(ctx(f"style_{i}"), neg) if i in by_style else None
+                                        for i in range(len(self.styles))] + [(ctx("positive"), neg)]
+            self._run.latent_hw = tuple(x.shape[-2:])
         self.state.run = self._run
         dev = x.device
         self._dev_weights = [w.to(dev, x.dtype) for w in self.weights]
@@ -136,6 +152,13 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             return self._content_x0.expand_as(x).clone()
         out = comfy.samplers.calc_cond_batch(self.inner_model, self._conds_list, x, timestep, model_options)
         per = 2 if self._uncond else 1
+        if self._fused:
+            cond_f = out[0]
+            uncond_f = out[1] if self._uncond else torch.zeros_like(cond_f)
+            return comfy.samplers.cfg_function(
+                self.inner_model, cond_f, uncond_f, self.cfg, x, timestep, model_options=model_options,
+                cond=self.conds.get("positive"), uncond=self.conds.get("negative"),
+            )
         cond_preds = {br: out[j * per] for j, br in enumerate(self._branches)}
         uncond_preds = {br: out[j * per + 1] for j, br in enumerate(self._branches)} if self._uncond else None
         base_branch = len(self.styles)

@@ -70,6 +70,13 @@ class CallPlan:
     res_cached: torch.Tensor | None = None  # content residual rows from the feature cache (instead of res_src)
     qk_cached: dict | None = None  # (block, transformer index) -> (q, k) from the feature cache
     cached_batch_index: torch.Tensor | None = None  # for each injected row, its batch item in the cache
+    fused_rows: torch.Tensor | None = None  # feature-fusion mode: rows shared by every style
+    fused_batch_index: torch.Tensor | None = None
+    fused_uncond: list | None = None
+    fused_weights: list | None = None  # per style, then background: [B,1,h,w]
+    fused_contexts: list | None = None  # per style, then background: (cond context, uncond context)
+    fused_latent_hw: tuple | None = None
+    fused_token_cache: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -88,6 +95,10 @@ class RunPlan:
     lora_in_injected_attention: bool
     model_sampling: object
     feature_cache: object = None
+    fused_branch: int | None = None
+    fused_weights: list | None = None
+    fused_contexts: list | None = None
+    latent_hw: tuple | None = None
     calls: int = 0
     rows_seen: list[int] = field(default_factory=list)
 
@@ -131,15 +142,22 @@ class RowLoRAMixin:
     _ds_state: PatchState
     _ds_deltas: dict[int, LayerDelta]
     _ds_in_injected_attention: bool
+    _ds_context_proj: bool = False
 
     def forward(self, x, *args, **kwargs):
         out = super().forward(x, *args, **kwargs)
         state = self._ds_state
         call = state.call if state.run is not None else None
-        if call is None or not call.lora_rows:
+        if call is None or (not call.lora_rows and call.fused_rows is None):
             return out
         if self._ds_in_injected_attention and not call.lora_in_injected_attention:
             return out
+        if call.fused_rows is not None and not self._ds_context_proj:
+            from .feature_fusion import fused_lora_delta
+
+            delta = fused_lora_delta(self, x, call, self._ds_deltas, self._ds_cast)
+            if delta is not None:
+                out = out.index_add(0, call.fused_rows, delta.to(out.dtype))
         for style, rows in call.lora_rows.items():
             d = self._ds_deltas.get(style)
             if d is None or rows.numel() == 0:
@@ -294,6 +312,8 @@ def make_apply_model_wrapper(state: PatchState):
             style = run.lora_branch_to_style.get(branch)
             if style is not None:
                 lora_rows.setdefault(style, []).extend(range(offset + j * b, offset + (j + 1) * b))
+        fused_chunks = [j for j, (branch, _u) in enumerate(roles) if run.fused_branch is not None
+                        and branch == run.fused_branch]
         inj_rows = [offset + j * b + i for j in inject_chunks for i in range(b)] if (need_content or from_cache) else []
         inj_src = [i for _j in inject_chunks for i in range(b)] if (need_content or from_cache) else []
         batch_index = _index(inj_src, device) if from_cache else None
@@ -311,6 +331,13 @@ def make_apply_model_wrapper(state: PatchState):
             qk_cached=qk_cached if (from_cache and qk_on) else None,
             cached_batch_index=batch_index,
         )
+        if fused_chunks:
+            plan.fused_rows = _index([offset + j * b + i for j in fused_chunks for i in range(b)], device)
+            plan.fused_batch_index = _index([i for _j in fused_chunks for i in range(b)], device)
+            plan.fused_uncond = [roles[j][1] for j in fused_chunks for _i in range(b)]
+            plan.fused_weights = run.fused_weights
+            plan.fused_contexts = run.fused_contexts
+            plan.fused_latent_hw = run.latent_hw
         run.calls += 1
         run.rows_seen.append(int(x.shape[0]))
         state.call = plan
@@ -377,7 +404,8 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
         current = patched.get_model_object(path)
         patched.add_object_patch(path, swapped_copy(current, RowLoRAMixin, _ds_state=state, _ds_deltas=deltas,
                                                     _ds_in_injected_attention=path.rsplit(".", 1)[0] in injected_attn
-                                                    or path in injected_attn))
+                                                    or path in injected_attn,
+                                                    _ds_context_proj=path.endswith((".attn2.to_k", ".attn2.to_v"))))
     logger.info("DiffStyler: per-row LoRA on %d layers for %d style(s) (%.1f MB of factors)", len(per_module),
                 len(styles_deltas), state.deltas_bytes / 2**20)
 
@@ -394,6 +422,16 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
             if previous is not None:
                 logger.info("DiffStyler: chained Q/K injection onto an existing attn1 replace at %s", key)
     logger.info("DiffStyler: Q/K injection on decoder blocks %s", list(block_map.qk_blocks))
+
+    if settings.get("fusion") == "feature":
+        from . import feature_fusion
+
+        attn2 = feature_fusion.attn2_module_map(patched)
+        replaces2 = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+        for name, bid in sorted({(n, b) for n, b, _t in attn2}):
+            previous = replaces2.get((name, bid))
+            patched.set_model_attn2_replace(feature_fusion.make_attn2_replace(state, attn2, previous), name, bid)
+        logger.info("DiffStyler: feature-fusion cross-attention on %d transformer blocks", len(attn2))
 
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
                                  make_apply_model_wrapper(state))

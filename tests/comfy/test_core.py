@@ -524,3 +524,36 @@ def test_feature_cache_equals_content_row(tiny, mods, content, prompts, k):
           f"fp32 cache {cached.feature_cache.nbytes() / 2**20:.2f} MB, fp16 {fp16.feature_cache.nbytes() / 2**20:.2f} MB "
           f"for a 64x64 image, {STEPS} steps")
     assert diff <= 1e-4
+
+
+# ------------------------------------------------------------------ feature-fusion mode
+
+
+def test_feature_fusion_equals_noise_fusion_for_one_full_mask(tiny, mods, inverted, prompts):
+    lora = dst_core.random_lora(tiny.model, seed=40)
+    styles = make_styles(mods, [(lora, 1.0, prompts["style"], torch.ones(1, 64, 64))])
+    noise = run(mods, inject(mods, tiny.model, styles, 0.6, 0.5), inverted, prompts, styles)
+    patched = mods.inject.DiffStylerCrossLoRAInjector.execute(tiny.model, styles, 0.6, 0.5, "adaptive", True,
+                                                              "feature").args[0]
+    feat = run(mods, patched, inverted, prompts, styles)
+    diff = float((noise - feat).abs().max())
+    print(f"\nfeature fusion vs noise fusion, k=1 full mask: max |diff| {diff:.2e}")
+    assert diff <= 1e-4
+
+
+def test_feature_fusion_two_styles_two_rows(tiny, mods, inverted, prompts, content):
+    import comfy.patcher_extension
+
+    items = [(dst_core.random_lora(tiny.model, seed=41 + i), 1.0, prompts["style" if i == 0 else "style2"],
+              half_mask(left=(i == 0))) for i in range(2)]
+    styles = make_styles(mods, items)
+    patched = mods.inject.DiffStylerCrossLoRAInjector.execute(tiny.model, styles, 0.6, 0.5, "adaptive", True,
+                                                              "feature").args[0]
+    rows = []
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "rows",
+                                 lambda ex, x, *a, **kw: rows.append(x.shape[0]) or ex(x, *a, **kw))
+    feat = run(mods, patched, inverted, prompts, styles)
+    assert rows[0] == 3 and rows[-1] == 2, rows
+    noise = run(mods, inject(mods, tiny.model, styles, 0.6, 0.5), inverted, prompts, styles)
+    assert torch.isfinite(feat).all() and not torch.equal(feat, content[1])
+    print(f"\nfeature vs noise fusion, k=2 half masks: mean |diff| {float((feat - noise).abs().mean()):.3e}")

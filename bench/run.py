@@ -1,0 +1,276 @@
+"""DiffStyler cost, measured side by side in one process (design Sec. 4; issue: performance).
+
+Same inputs for every row: a full-size SD1.5 UNet with random weights (fp16 on a GPU, fp32 on the CPU),
+random prompt embeddings, a random content latent and k stripe masks. Rows:
+
+* plain      - DDIM CFG sampling through ComfyUI's own KSampler (2 UNet rows per step);
+* diffstyler - the Masked Feature Fusion Sampler, noise fusion, no cache (1 content row while an injection
+               window is open + 2 rows per style, all in one UNet call per step);
+* reference  - the reference design emulated: k+1 UNet copies (base + one per style, LoRA merged), each
+               running [content, uncond, cond] every step, noise fused by mask (3(k+1) rows per step);
+               its injection bookkeeping is left out, which only flatters it;
+* fast       - DiffStyler with the content-feature cache (no content row: 2k rows per step).
+
+Warm-up runs are excluded; every time is the median of ``--repeats``. Ratios are to ``plain`` in the
+same run. ``--json`` prints one JSON object as the last line.
+
+    python bench/run.py [--size 256] [--steps 10] [--repeats 3] [--cpu] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+
+import common
+
+
+def timed(fn, device, repeats: int, warmup: int = 1):
+    import torch
+
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def reference_copies(model, loras, strength=1.0):
+    """k+1 UNet copies (base first), each with one style's LoRA merged into its weights."""
+    import torch
+
+    copies = [model.model]
+    for lora in loras:
+        c = common.copy_unet(model)
+        sd = c.state_dict()
+        with torch.no_grad():
+            for key, w in sd.items():
+                base = "lora_unet_" + key[len("diffusion_model."):-len(".weight")].replace(".", "_")
+                if base + ".lora_down.weight" in lora:
+                    down = lora[base + ".lora_down.weight"].to(w.device, torch.float32)
+                    up = lora[base + ".lora_up.weight"].to(w.device, torch.float32)
+                    alpha = float(lora[base + ".alpha"]) / down.shape[0]
+                    w.add_((strength * alpha * (up @ down)).to(w.dtype))
+        copies.append(c)
+    return copies
+
+
+def reference_sample(copies, inv, empty, neg, pos_list, masks_lat, cfg):
+    """The reference loop: every copy runs [content, uncond, cond]; predictions fused by mask, then CFG."""
+    import torch
+
+    from comfyui_diffstyler.nodes.core.masks import fuse, fusion_weights
+
+    dev = next(copies[0].parameters()).device
+    sigmas = inv.sigmas.to(dev)
+    x = inv.trajectory[0].to(dev)
+    weights, bg_w = fusion_weights([m.to(dev) for m in masks_lat])
+    ctx_e, ctx_n = empty[0][0].to(dev), neg[0][0].to(dev)
+    with torch.no_grad():
+        for i in range(len(sigmas) - 1):
+            s, s_next = sigmas[i], sigmas[i + 1]
+            x_src = inv.content_input_at(s).to(dev)
+            conds, unconds = [], []
+            for c, pos in zip(copies, pos_list):
+                inp = torch.cat([x_src, x, x])
+                ctx = torch.cat([ctx_e, ctx_n, pos[0][0].to(dev)])
+                out = c.apply_model(inp, s.repeat(3), c_crossattn=ctx, transformer_options={})
+                unconds.append(out[1:2])
+                conds.append(out[2:3])
+            cond = fuse(conds[1:], weights, conds[0], bg_w)
+            uncond = fuse(unconds[1:], weights, unconds[0], bg_w)
+            den = uncond + (cond - uncond) * cfg
+            x = x + (x - den) / s * (s_next - s)
+    return x
+
+
+def rerun_cost(pack, model, latent, cond, steps):
+    """Seconds a second graph run spends when only the sampler-side inputs change (inversion from cache)."""
+    import execution
+    import nodes
+    from comfy_api.latest import ComfyExtension, io
+
+    class BenchInputs(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(node_id="DiffStylerBenchInputs", category="DiffStyler/bench", inputs=[],
+                             outputs=[io.Model.Output(), io.Latent.Output(), io.Conditioning.Output()])
+
+        @classmethod
+        def execute(cls):
+            return io.NodeOutput(model, {"samples": latent}, cond)
+
+    class Ext(ComfyExtension):
+        async def get_node_list(self):
+            return [BenchInputs]
+
+    if "PreviewAny" not in nodes.NODE_CLASS_MAPPINGS:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    for ext in (asyncio.run(pack.comfy_entrypoint()), Ext()):
+        for cls in asyncio.run(ext.get_node_list()):
+            nodes.NODE_CLASS_MAPPINGS[cls.GET_SCHEMA().node_id] = cls
+
+    class Server:
+        client_id = None
+        last_node_id = None
+        last_prompt_id = None
+
+        def send_sync(self, *a, **k):
+            pass
+
+        def queue_updated(self):
+            pass
+
+    ex = execution.PromptExecutor(Server(), cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+
+    def graph(cfg_marker):
+        return {
+            "1": {"class_type": "DiffStylerBenchInputs", "inputs": {}},
+            "2": {"class_type": "DiffStylerInvert", "inputs": {"model": ["1", 0], "latent": ["1", 1], "steps": steps,
+                                                               "conditioning": ["1", 2]}},
+            "3": {"class_type": "DiffStylerInversionSigmas", "inputs": {"inversion": ["2", 0]}},
+            "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
+            "5": {"class_type": "PrimitiveFloat", "inputs": {"value": cfg_marker}},
+        }
+
+    times = []
+    for i, marker in enumerate((1.0, 2.0)):
+        p = graph(marker)
+        t = time.perf_counter()
+        ex.execute(p, f"bench-{i}", {}, ["4", "5"])
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ks", default="1,2,3")
+    ap.add_argument("--cfg", type=float, default=10.5)
+    ap.add_argument("--cpu", action="store_true")
+    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    pack = common.setup(args.cpu)
+    import comfy.model_management as mm
+    import nodes
+    import torch
+
+    from comfyui_diffstyler.nodes.adapters import inversion
+    from comfyui_diffstyler.nodes.core.masks import resize_mask_to_latent
+    from comfyui_diffstyler.nodes.inject import DiffStylerCrossLoRAInjector
+    from comfyui_diffstyler.nodes.sample import DiffStylerMaskedFusionSampler
+    from comfyui_diffstyler.nodes.style import DiffStylerStyleLoRA
+
+    dev = mm.get_torch_device()
+    ks = [int(k) for k in args.ks.split(",")]
+    model = common.full_sd15()
+    mm.load_models_gpu([model])
+    h = args.size // 8
+    latent = torch.randn(1, 4, h, h, generator=torch.Generator().manual_seed(0)) * 0.5
+    empty, neg = common.random_cond(0), common.random_cond(1)
+    pos = [common.random_cond(10 + i) for i in range(max(ks) + 1)]
+    loras = [common.random_lora(model, seed=20 + i) for i in range(max(ks))]
+    res = {"size": args.size, "steps": args.steps, "device": torch.cuda.get_device_name() if dev.type == "cuda"
+           else "cpu", "diffstyler_s": {}, "reference_s": {}, "diffstyler_fast_s": {}, "rows_per_step": {},
+           "peak_mb": {}}
+
+    t_inv, inv = timed(lambda: inversion.invert(model, latent, args.steps, empty, disable_pbar=True), dev,
+                       args.repeats)
+    _, inv_cached = timed(lambda: inversion.invert(model, latent, args.steps, empty, disable_pbar=True,
+                                                   cache_dtype="fp16" if dev.type == "cuda" else "fp32"),
+                          dev, 1, warmup=0)
+    res["inversion_s"] = t_inv
+    res["feature_cache_mb"] = inv_cached.feature_cache.nbytes() / 2**20
+    x_t = inversion.latent_out(model, inv.trajectory[0])
+
+    def plain():
+        return nodes.common_ksampler(model, 0, args.steps, args.cfg, "ddim", "ddim_uniform", pos[0], neg,
+                                     {"samples": x_t}, disable_noise=True, start_step=0, last_step=args.steps,
+                                     force_full_denoise=True)
+
+    with common.PeakMemory(dev) as pm:
+        res["plain_s"], _ = timed(plain, dev, args.repeats)
+    res["peak_mb"]["plain"] = pm.peak / 2**20
+    res["rows_per_step"]["plain"] = 2.0
+    n = inv.steps
+    win = max(int(0.6 * n + 0.5), int(0.5 * n + 0.5))
+    for k in ks:
+        masks = common.stripes(k, args.size)
+        styles = None
+        for i in range(k):
+            styles = DiffStylerStyleLoRA.execute("None", 1.0, pos[i + 1], masks[i], lora=loras[i],
+                                                 styles=styles).args[0]
+        patched = DiffStylerCrossLoRAInjector.execute(model, styles, 0.6, 0.5, "adaptive", True).args[0]
+        for tag, use in (("diffstyler", inv), ("fast", inv_cached)):
+            if tag == "fast" and k == 2:
+                continue
+
+            def ours(use=use, patched=patched, styles=styles):
+                return DiffStylerMaskedFusionSampler.execute(patched, use, pos[0], neg, args.cfg, "exact", styles)
+
+            with common.PeakMemory(dev) as pm:
+                t, _ = timed(ours, dev, args.repeats)
+            res["diffstyler_s" if tag == "diffstyler" else "diffstyler_fast_s"][str(k)] = t
+            res["peak_mb"][f"{tag}_k{k}"] = pm.peak / 2**20
+            rows = (win * (1 + 2 * k) + (n - win) * 2 * k) / n if tag == "diffstyler" else 2 * k
+            res["rows_per_step"][f"{tag}_k{k}"] = rows
+        del patched
+        if not args.no_reference:
+            copies = reference_copies(model, loras[:k])
+            masks_lat = [resize_mask_to_latent(m, 1, h, h, "m") for m in masks]
+            with common.PeakMemory(dev) as pm:
+                t, _ = timed(lambda: reference_sample(copies, inv, empty, neg, pos[: k + 1], masks_lat, args.cfg),
+                             dev, args.repeats)
+            res["reference_s"][str(k)] = t
+            res["peak_mb"][f"reference_k{k}"] = pm.peak / 2**20
+            res["rows_per_step"][f"reference_k{k}"] = 3 * (k + 1)
+            del copies
+            mm.soft_empty_cache()
+    first, second = rerun_cost(pack, model, latent, empty, args.steps)
+    res["first_graph_run_s"], res["rerun_inversion_s"] = first, second
+
+    print(f"\nDiffStyler bench: {res['device']}, SD1.5 full-size UNet (random weights), {args.size}x{args.size}, "
+          f"{n} DDIM steps, cfg {args.cfg}, median of {args.repeats}")
+    print(f"{'run':<22}{'seconds':>10}{'x plain':>10}{'rows/step':>11}{'peak MB':>10}")
+
+    def row(name, t, rows, peak):
+        print(f"{name:<22}{t:>10.3f}{t / res['plain_s']:>10.2f}{rows:>11.1f}{peak:>10.0f}")
+
+    row("plain DDIM", res["plain_s"], 2, res["peak_mb"]["plain"])
+    for k in ks:
+        row(f"diffstyler k={k}", res["diffstyler_s"][str(k)], res["rows_per_step"][f"diffstyler_k{k}"],
+            res["peak_mb"][f"diffstyler_k{k}"])
+        if str(k) in res["diffstyler_fast_s"]:
+            row(f"  + feature cache k={k}", res["diffstyler_fast_s"][str(k)], res["rows_per_step"][f"fast_k{k}"],
+                res["peak_mb"][f"fast_k{k}"])
+        if str(k) in res["reference_s"]:
+            row(f"reference k={k}", res["reference_s"][str(k)], res["rows_per_step"][f"reference_k{k}"],
+                res["peak_mb"][f"reference_k{k}"])
+    for k in ks:
+        if str(k) in res["reference_s"]:
+            print(f"speed-up over the reference design, k={k}: {res['reference_s'][str(k)] / res['diffstyler_s'][str(k)]:.2f}x")
+    print(f"inversion: {res['inversion_s']:.3f} s; feature cache {res['feature_cache_mb']:.1f} MB; graph re-run with "
+          f"unchanged content: {res['rerun_inversion_s']:.3f} s (first run {res['first_graph_run_s']:.3f} s)")
+    if "diffstyler_k1" in res["peak_mb"] and "diffstyler_k3" in res["peak_mb"]:
+        print(f"peak memory k=3 / k=1: {res['peak_mb']['diffstyler_k3'] / res['peak_mb']['diffstyler_k1']:.3f}")
+    if args.json:
+        print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
