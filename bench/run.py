@@ -9,7 +9,8 @@ random prompt embeddings, a random content latent and k stripe masks. Rows:
 * reference  - the reference design emulated: k+1 UNet copies (base + one per style, LoRA merged), each
                running [content, uncond, cond] every step, noise fused by mask (3(k+1) rows per step);
                its injection bookkeeping is left out, which only flatters it;
-* fast       - DiffStyler with the content-feature cache (no content row: 2k rows per step).
+* cache      - DiffStyler with the content-feature cache (no content row: 2k rows per step);
+* fast       - the cache plus the experimental feature-fusion mode (2 rows per step whatever k).
 
 Warm-up runs are excluded; every time is the median of ``--repeats``. Ratios are to ``plain`` in the
 same run. ``--json`` prints one JSON object as the last line.
@@ -216,20 +217,23 @@ def main():
             styles = DiffStylerStyleLoRA.execute("None", 1.0, pos[i + 1], masks[i], lora=loras[i],
                                                  styles=styles).args[0]
         patched = DiffStylerCrossLoRAInjector.execute(model, styles, 0.6, 0.5, "adaptive", True).args[0]
-        for tag, use in (("diffstyler", inv), ("fast", inv_cached)):
-            if tag == "fast" and k == 2:
+        fused = DiffStylerCrossLoRAInjector.execute(model, styles, 0.6, 0.5, "adaptive", True, "feature").args[0]
+        runs = (("diffstyler", inv, patched, "diffstyler_s", (win * (1 + 2 * k) + (n - win) * 2 * k) / n),
+                ("cache", inv_cached, patched, "diffstyler_cache_s", 2 * k),
+                ("fast", inv_cached, fused, "diffstyler_fast_s", 2))
+        for tag, use, mdl, key, rows in runs:
+            if tag != "diffstyler" and k == 2:
                 continue
 
-            def ours(use=use, patched=patched, styles=styles):
-                return DiffStylerMaskedFusionSampler.execute(patched, use, pos[0], neg, args.cfg, "exact", styles)
+            def ours(use=use, mdl=mdl, styles=styles):
+                return DiffStylerMaskedFusionSampler.execute(mdl, use, pos[0], neg, args.cfg, "exact", styles)
 
             with common.PeakMemory(dev) as pm:
                 t, _ = timed(ours, dev, args.repeats)
-            res["diffstyler_s" if tag == "diffstyler" else "diffstyler_fast_s"][str(k)] = t
+            res.setdefault(key, {})[str(k)] = t
             res["peak_mb"][f"{tag}_k{k}"] = pm.peak / 2**20
-            rows = (win * (1 + 2 * k) + (n - win) * 2 * k) / n if tag == "diffstyler" else 2 * k
             res["rows_per_step"][f"{tag}_k{k}"] = rows
-        del patched
+        del patched, fused
         if not args.no_reference:
             copies = reference_copies(model, loras[:k])
             masks_lat = [resize_mask_to_latent(m, 1, h, h, "m") for m in masks]
@@ -255,8 +259,11 @@ def main():
     for k in ks:
         row(f"diffstyler k={k}", res["diffstyler_s"][str(k)], res["rows_per_step"][f"diffstyler_k{k}"],
             res["peak_mb"][f"diffstyler_k{k}"])
+        if str(k) in res.get("diffstyler_cache_s", {}):
+            row(f"  + feature cache k={k}", res["diffstyler_cache_s"][str(k)], res["rows_per_step"][f"cache_k{k}"],
+                res["peak_mb"][f"cache_k{k}"])
         if str(k) in res["diffstyler_fast_s"]:
-            row(f"  + feature cache k={k}", res["diffstyler_fast_s"][str(k)], res["rows_per_step"][f"fast_k{k}"],
+            row(f"  + cache + feat.fusion", res["diffstyler_fast_s"][str(k)], res["rows_per_step"][f"fast_k{k}"],
                 res["peak_mb"][f"fast_k{k}"])
         if str(k) in res["reference_s"]:
             row(f"reference k={k}", res["reference_s"][str(k)], res["rows_per_step"][f"reference_k{k}"],

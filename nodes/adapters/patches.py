@@ -60,13 +60,15 @@ class CallPlan:
     """Row roles of the UNet call in progress (rows = batch rows after the content rows were added)."""
 
     lora_rows: dict[int, torch.Tensor]  # style index -> row indices that get that style's LoRA
-    lora_scale: dict[int, float]  # style index -> strength multiplier (1.0: deltas carry the strength)
-    res_rows: torch.Tensor | None  # rows whose ResBlock residual is replaced ...
-    res_src: torch.Tensor | None  # ... by these (content) rows
-    qk_rows: torch.Tensor | None
-    qk_src: torch.Tensor | None
-    qk_ratio: float
-    lora_in_injected_attention: bool
+    lora_ranges: dict = field(default_factory=dict)  # style -> (start, stop) when its rows are contiguous
+    lora_block: tuple | None = None  # (start, rows per style, styles) when styles own equal adjacent blocks
+    lora_scale: dict[int, float] = field(default_factory=dict)  # style -> strength multiplier (deltas carry it)
+    res_rows: torch.Tensor | None = None  # rows whose ResBlock residual is replaced ...
+    res_src: torch.Tensor | None = None  # ... by these (content) rows
+    qk_rows: torch.Tensor | None = None
+    qk_src: torch.Tensor | None = None
+    qk_ratio: float = 1.0
+    lora_in_injected_attention: bool = True
     res_cached: torch.Tensor | None = None  # content residual rows from the feature cache (instead of res_src)
     qk_cached: dict | None = None  # (block, transformer index) -> (q, k) from the feature cache
     cached_batch_index: torch.Tensor | None = None  # for each injected row, its batch item in the cache
@@ -158,17 +160,55 @@ class RowLoRAMixin:
             delta = fused_lora_delta(self, x, call, self._ds_deltas, self._ds_cast)
             if delta is not None:
                 out = out.index_add(0, call.fused_rows, delta.to(out.dtype))
+        if call.lora_block is not None and self._ds_stackable(call):
+            return self._ds_stacked(x, out, call)
         for style, rows in call.lora_rows.items():
             d = self._ds_deltas.get(style)
             if d is None or rows.numel() == 0:
                 continue
             d = self._ds_cast(style, d, x)
+            rng = call.lora_ranges.get(style)
+            if rng is not None:  # contiguous rows: a view, and an in-place add on the fresh output
+                a, b = rng
+                out[a:b] += self._ds_delta(x[a:b], d).to(out.dtype)
+                continue
             xr = x.index_select(0, rows)
-            if isinstance(self, torch.nn.Conv2d):
-                delta = conv2d_delta(xr, d, self.stride, self.padding, self.dilation, self.groups)
-            else:
-                delta = linear_delta(xr, d)
-            out = out.index_add(0, rows, delta.to(out.dtype), alpha=call.lora_scale.get(style, 1.0))
+            out = out.index_add(0, rows, self._ds_delta(xr, d).to(out.dtype))
+        return out
+
+    def _ds_delta(self, xr, d: LayerDelta):
+        if isinstance(self, torch.nn.Conv2d):
+            return conv2d_delta(xr, d, self.stride, self.padding, self.dilation, self.groups)
+        return linear_delta(xr, d)
+
+    def _ds_stackable(self, call) -> bool:
+        styles = call.lora_block[2]
+        ok = type(self).__dict__.get("_ds_stack_ok")
+        if ok is None:
+            ds = self._ds_deltas
+            ranks = {ds[s].down.shape[0] for s in ds if ds[s].down is not None}
+            ok = (not isinstance(self, torch.nn.Conv2d) and len(ranks) == 1
+                  and all(d.weight is None and d.bias is None and d.down is not None for d in ds.values()))
+            type(self)._ds_stack_ok = ok
+        return ok and all(s in self._ds_deltas for s in styles)
+
+    def _ds_stacked(self, x, out, call):
+        """Every style's low-rank delta in two batched matmuls (rows of style i form block i)."""
+        start, per, styles = call.lora_block
+        key = ("stack", styles, x.device, x.dtype)
+        cache = type(self)._ds_cache
+        if key not in cache:
+            ds = [self._ds_deltas[s] for s in styles]
+            down = torch.stack([d.down.flatten(1) for d in ds]).to(x.device, x.dtype)  # [k, r, in]
+            up = torch.stack([d.up.flatten(1) * d.scale for d in ds]).to(x.device, x.dtype)  # [k, out, r]
+            cache[key] = (down.transpose(1, 2).contiguous(), up.transpose(1, 2).contiguous())
+        down_t, up_t = cache[key]
+        k = len(styles)
+        xs = x[start:start + k * per]
+        lead = xs.shape[1:-1]
+        h = torch.bmm(xs.reshape(k, -1, xs.shape[-1]), down_t)
+        delta = torch.bmm(h, up_t).reshape(k * per, *lead, up_t.shape[-1])
+        out[start:start + k * per] += delta.to(out.dtype)
         return out
 
     def _ds_cast(self, style: int, d: LayerDelta, x: torch.Tensor) -> LayerDelta:
@@ -318,7 +358,17 @@ def make_apply_model_wrapper(state: PatchState):
         inj_src = [i for _j in inject_chunks for i in range(b)] if (need_content or from_cache) else []
         batch_index = _index(inj_src, device) if from_cache else None
         timestep = float(run.model_sampling.timestep(sigma.reshape(1)).reshape(-1)[0])
+        ranges = {s: (r[0], r[-1] + 1) for s, r in lora_rows.items() if r and r == list(range(r[0], r[-1] + 1))}
+        block = None
+        if len(ranges) == len(lora_rows) and len(ranges) > 1:
+            order = sorted(ranges, key=lambda s_: ranges[s_][0])
+            per = ranges[order[0]][1] - ranges[order[0]][0]
+            if all(ranges[s_][1] - ranges[s_][0] == per for s_ in order) and all(
+                    ranges[order[i]][0] == ranges[order[0]][0] + i * per for i in range(len(order))):
+                block = (ranges[order[0]][0], per, tuple(order))
         plan = CallPlan(
+            lora_ranges=ranges,
+            lora_block=block,
             lora_rows={s: _index(r, device) for s, r in lora_rows.items()},
             lora_scale={},
             res_rows=_index(inj_rows, device) if ((need_content or from_cache) and res_on) else None,

@@ -557,3 +557,19 @@ def test_feature_fusion_two_styles_two_rows(tiny, mods, inverted, prompts, conte
     noise = run(mods, inject(mods, tiny.model, styles, 0.6, 0.5), inverted, prompts, styles)
     assert torch.isfinite(feat).all() and not torch.equal(feat, content[1])
     print(f"\nfeature vs noise fusion, k=2 half masks: mean |diff| {float((feat - noise).abs().mean()):.3e}")
+
+
+def test_two_styles_each_row_gets_its_own_lora(tiny, mods, inverted, prompts):
+    """With two full masks the later style covers everything: the result must be that style's LoRA alone,
+    although both styles' rows run in the same UNet call (the batched per-style LoRA path)."""
+    import comfy.sd
+
+    a, b = dst_core.random_lora(tiny.model, seed=50), dst_core.random_lora(tiny.model, seed=51)
+    full = torch.ones(1, 64, 64)
+    xt = x_t(mods, tiny, inverted)
+    for first, last in ((a, b), (b, a)):
+        styles = make_styles(mods, [(first, 1.0, prompts["style2"], full), (last, 0.9, prompts["style"], full)])
+        out = run(mods, inject(mods, tiny.model, styles), inverted, prompts, styles)
+        merged, _ = comfy.sd.load_lora_for_models(tiny.model, None, last, 0.9, 0)
+        ref = dst_core.plain_ddim(merged, xt, STEPS, prompts["style"], prompts["neg"], 7.5)
+        assert float((out - ref).abs().max()) <= 1e-4
