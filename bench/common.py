@@ -14,18 +14,34 @@ ROOT = Path(__file__).resolve().parents[1]
 PACK = "comfyui_diffstyler"
 
 SD15_FULL = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
-    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8, "num_head_channels": -1,
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_resblock": False,
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "in_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False,
+    "context_dim": 768,
+    "num_heads": 8,
+    "num_head_channels": -1,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "use_temporal_resblock": False,
     "use_temporal_attention": False,
 }
 
 
 def find_comfyui() -> Path:
-    for c in (os.environ.get("COMFYUI_PATH"), ROOT.parent.parent if ROOT.parent.name == "custom_nodes" else None,
-              Path.home() / "ComfyUI"):
+    for c in (
+        os.environ.get("COMFYUI_PATH"),
+        ROOT.parent.parent if ROOT.parent.name == "custom_nodes" else None,
+        Path.home() / "ComfyUI",
+    ):
         if c and (Path(c) / "comfy" / "model_management.py").is_file():
             return Path(c).resolve()
     raise SystemExit("ComfyUI not found: set COMFYUI_PATH")
@@ -48,7 +64,9 @@ def setup(cpu: bool):
     import utils.extra_config  # noqa: F401
 
     if PACK not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+        spec = importlib.util.spec_from_file_location(
+            PACK, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+        )
         mod = importlib.util.module_from_spec(spec)
         sys.modules[PACK] = mod
         spec.loader.exec_module(mod)
@@ -71,8 +89,11 @@ def full_sd15(seed: int = 0):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g, device=dev, dtype=torch.float32).div_(
-                    math.sqrt(max(1, p[0].numel()))).to(p.dtype))
+                p.copy_(
+                    torch.randn(p.shape, generator=g, device=dev, dtype=torch.float32)
+                    .div_(math.sqrt(max(1, p[0].numel())))
+                    .to(p.dtype)
+                )
                 if name.startswith("diffusion_model.out.2"):
                     p.mul_(0.1)
             elif "norm" in name and name.endswith("weight"):
@@ -107,10 +128,13 @@ def random_lora(model, rank: int = 16, seed: int = 0, scale: float = 0.3) -> dic
     g = torch.Generator().manual_seed(seed)
     out = {}
     for key, w in model.model.state_dict().items():
-        if not (key.startswith("diffusion_model.") and key.endswith(".weight")
-                and any(p in key for p in (".to_q.", ".to_k.", ".to_v.", ".to_out.0."))):
+        if not (
+            key.startswith("diffusion_model.")
+            and key.endswith(".weight")
+            and any(p in key for p in (".to_q.", ".to_k.", ".to_v.", ".to_out.0."))
+        ):
             continue
-        base = "lora_unet_" + key[len("diffusion_model."):-len(".weight")].replace(".", "_")
+        base = "lora_unet_" + key[len("diffusion_model.") : -len(".weight")].replace(".", "_")
         out[base + ".lora_down.weight"] = torch.randn(rank, w.shape[1], generator=g) * scale / math.sqrt(w.shape[1])
         out[base + ".lora_up.weight"] = torch.randn(w.shape[0], rank, generator=g) * scale / math.sqrt(rank)
         out[base + ".alpha"] = torch.tensor(float(rank))
@@ -125,7 +149,7 @@ def stripes(k: int, size: int):
     width = (3 * size // 4) // k
     for i in range(k):
         m = torch.zeros(1, size, size)
-        m[:, :, i * width:(i + 1) * width] = 1.0
+        m[:, :, i * width : (i + 1) * width] = 1.0
         masks.append(m)
     return masks
 

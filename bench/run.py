@@ -57,7 +57,7 @@ def reference_copies(model, loras, strength=1.0):
         sd = c.state_dict()
         with torch.no_grad():
             for key, w in sd.items():
-                base = "lora_unet_" + key[len("diffusion_model."):-len(".weight")].replace(".", "_")
+                base = "lora_unet_" + key[len("diffusion_model.") : -len(".weight")].replace(".", "_")
                 if base + ".lora_down.weight" in lora:
                     down = lora[base + ".lora_down.weight"].to(w.device, torch.float32)
                     up = lora[base + ".lora_up.weight"].to(w.device, torch.float32)
@@ -70,7 +70,6 @@ def reference_copies(model, loras, strength=1.0):
 def reference_sample(copies, inv, empty, neg, pos_list, masks_lat, cfg):
     """The reference loop: every copy runs [content, uncond, cond]; predictions fused by mask, then CFG."""
     import torch
-
     from comfyui_diffstyler.nodes.core.masks import fuse, fusion_weights
 
     dev = next(copies[0].parameters()).device
@@ -99,14 +98,19 @@ def reference_sample(copies, inv, empty, neg, pos_list, masks_lat, cfg):
 def rerun_cost(pack, model, latent, cond, steps):
     """Seconds a second graph run spends when only the sampler-side inputs change (inversion from cache)."""
     import execution
-    import nodes
     from comfy_api.latest import ComfyExtension, io
+
+    import nodes
 
     class BenchInputs(io.ComfyNode):
         @classmethod
         def define_schema(cls):
-            return io.Schema(node_id="DiffStylerBenchInputs", category="DiffStyler/bench", inputs=[],
-                             outputs=[io.Model.Output(), io.Latent.Output(), io.Conditioning.Output()])
+            return io.Schema(
+                node_id="DiffStylerBenchInputs",
+                category="DiffStyler/bench",
+                inputs=[],
+                outputs=[io.Model.Output(), io.Latent.Output(), io.Conditioning.Output()],
+            )
 
         @classmethod
         def execute(cls):
@@ -138,8 +142,10 @@ def rerun_cost(pack, model, latent, cond, steps):
     def graph(cfg_marker):
         return {
             "1": {"class_type": "DiffStylerBenchInputs", "inputs": {}},
-            "2": {"class_type": "DiffStylerInvert", "inputs": {"model": ["1", 0], "latent": ["1", 1], "steps": steps,
-                                                               "conditioning": ["1", 2]}},
+            "2": {
+                "class_type": "DiffStylerInvert",
+                "inputs": {"model": ["1", 0], "latent": ["1", 1], "steps": steps, "conditioning": ["1", 2]},
+            },
             "3": {"class_type": "DiffStylerInversionSigmas", "inputs": {"inversion": ["2", 0]}},
             "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
             "5": {"class_type": "PrimitiveFloat", "inputs": {"value": cfg_marker}},
@@ -168,14 +174,14 @@ def main():
 
     pack = common.setup(args.cpu)
     import comfy.model_management as mm
-    import nodes
     import torch
-
     from comfyui_diffstyler.nodes.adapters import inversion
     from comfyui_diffstyler.nodes.core.masks import resize_mask_to_latent
     from comfyui_diffstyler.nodes.inject import DiffStylerCrossLoRAInjector
     from comfyui_diffstyler.nodes.sample import DiffStylerMaskedFusionSampler
     from comfyui_diffstyler.nodes.style import DiffStylerStyleLoRA
+
+    import nodes
 
     dev = mm.get_torch_device()
     ks = [int(k) for k in args.ks.split(",")]
@@ -186,23 +192,46 @@ def main():
     empty, neg = common.random_cond(0), common.random_cond(1)
     pos = [common.random_cond(10 + i) for i in range(max(ks) + 1)]
     loras = [common.random_lora(model, seed=20 + i) for i in range(max(ks))]
-    res = {"size": args.size, "steps": args.steps, "device": torch.cuda.get_device_name() if dev.type == "cuda"
-           else "cpu", "diffstyler_s": {}, "reference_s": {}, "diffstyler_fast_s": {}, "rows_per_step": {},
-           "peak_mb": {}}
+    res = {
+        "size": args.size,
+        "steps": args.steps,
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "diffstyler_s": {},
+        "reference_s": {},
+        "diffstyler_fast_s": {},
+        "rows_per_step": {},
+        "peak_mb": {},
+    }
 
-    t_inv, inv = timed(lambda: inversion.invert(model, latent, args.steps, empty, disable_pbar=True), dev,
-                       args.repeats)
-    _, inv_cached = timed(lambda: inversion.invert(model, latent, args.steps, empty, disable_pbar=True,
-                                                   cache_dtype="fp16" if dev.type == "cuda" else "fp32"),
-                          dev, 1, warmup=0)
+    t_inv, inv = timed(lambda: inversion.invert(model, latent, args.steps, empty, disable_pbar=True), dev, args.repeats)
+    _, inv_cached = timed(
+        lambda: inversion.invert(
+            model, latent, args.steps, empty, disable_pbar=True, cache_dtype="fp16" if dev.type == "cuda" else "fp32"
+        ),
+        dev,
+        1,
+        warmup=0,
+    )
     res["inversion_s"] = t_inv
     res["feature_cache_mb"] = inv_cached.feature_cache.nbytes() / 2**20
     x_t = inversion.latent_out(model, inv.trajectory[0])
 
     def plain():
-        return nodes.common_ksampler(model, 0, args.steps, args.cfg, "ddim", "ddim_uniform", pos[0], neg,
-                                     {"samples": x_t}, disable_noise=True, start_step=0, last_step=args.steps,
-                                     force_full_denoise=True)
+        return nodes.common_ksampler(
+            model,
+            0,
+            args.steps,
+            args.cfg,
+            "ddim",
+            "ddim_uniform",
+            pos[0],
+            neg,
+            {"samples": x_t},
+            disable_noise=True,
+            start_step=0,
+            last_step=args.steps,
+            force_full_denoise=True,
+        )
 
     with common.PeakMemory(dev) as pm:
         res["plain_s"], _ = timed(plain, dev, args.repeats)
@@ -214,13 +243,16 @@ def main():
         masks = common.stripes(k, args.size)
         styles = None
         for i in range(k):
-            styles = DiffStylerStyleLoRA.execute("None", 1.0, pos[i + 1], masks[i], lora=loras[i],
-                                                 styles=styles).args[0]
+            styles = DiffStylerStyleLoRA.execute("None", 1.0, pos[i + 1], masks[i], lora=loras[i], styles=styles).args[
+                0
+            ]
         patched = DiffStylerCrossLoRAInjector.execute(model, styles, 0.6, 0.5, "adaptive", True).args[0]
         fused = DiffStylerCrossLoRAInjector.execute(model, styles, 0.6, 0.5, "adaptive", True, "feature").args[0]
-        runs = (("diffstyler", inv, patched, "diffstyler_s", (win * (1 + 2 * k) + (n - win) * 2 * k) / n),
-                ("cache", inv_cached, patched, "diffstyler_cache_s", 2 * k),
-                ("fast", inv_cached, fused, "diffstyler_fast_s", 2))
+        runs = (
+            ("diffstyler", inv, patched, "diffstyler_s", (win * (1 + 2 * k) + (n - win) * 2 * k) / n),
+            ("cache", inv_cached, patched, "diffstyler_cache_s", 2 * k),
+            ("fast", inv_cached, fused, "diffstyler_fast_s", 2),
+        )
         for tag, use, mdl, key, rows in runs:
             if tag != "diffstyler" and k == 2:
                 continue
@@ -238,8 +270,11 @@ def main():
             copies = reference_copies(model, loras[:k])
             masks_lat = [resize_mask_to_latent(m, 1, h, h, "m") for m in masks]
             with common.PeakMemory(dev) as pm:
-                t, _ = timed(lambda: reference_sample(copies, inv, empty, neg, pos[: k + 1], masks_lat, args.cfg),
-                             dev, args.repeats)
+                t, _ = timed(
+                    lambda: reference_sample(copies, inv, empty, neg, pos[: k + 1], masks_lat, args.cfg),
+                    dev,
+                    args.repeats,
+                )
             res["reference_s"][str(k)] = t
             res["peak_mb"][f"reference_k{k}"] = pm.peak / 2**20
             res["rows_per_step"][f"reference_k{k}"] = 3 * (k + 1)
@@ -248,8 +283,10 @@ def main():
     first, second = rerun_cost(pack, model, latent, empty, args.steps)
     res["first_graph_run_s"], res["rerun_inversion_s"] = first, second
 
-    print(f"\nDiffStyler bench: {res['device']}, SD1.5 full-size UNet (random weights), {args.size}x{args.size}, "
-          f"{n} DDIM steps, cfg {args.cfg}, median of {args.repeats}")
+    print(
+        f"\nDiffStyler bench: {res['device']}, SD1.5 full-size UNet (random weights), {args.size}x{args.size}, "
+        f"{n} DDIM steps, cfg {args.cfg}, median of {args.repeats}"
+    )
     print(f"{'run':<22}{'seconds':>10}{'x plain':>10}{'rows/step':>11}{'peak MB':>10}")
 
     def row(name, t, rows, peak):
@@ -257,22 +294,41 @@ def main():
 
     row("plain DDIM", res["plain_s"], 2, res["peak_mb"]["plain"])
     for k in ks:
-        row(f"diffstyler k={k}", res["diffstyler_s"][str(k)], res["rows_per_step"][f"diffstyler_k{k}"],
-            res["peak_mb"][f"diffstyler_k{k}"])
+        row(
+            f"diffstyler k={k}",
+            res["diffstyler_s"][str(k)],
+            res["rows_per_step"][f"diffstyler_k{k}"],
+            res["peak_mb"][f"diffstyler_k{k}"],
+        )
         if str(k) in res.get("diffstyler_cache_s", {}):
-            row(f"  + feature cache k={k}", res["diffstyler_cache_s"][str(k)], res["rows_per_step"][f"cache_k{k}"],
-                res["peak_mb"][f"cache_k{k}"])
+            row(
+                f"  + feature cache k={k}",
+                res["diffstyler_cache_s"][str(k)],
+                res["rows_per_step"][f"cache_k{k}"],
+                res["peak_mb"][f"cache_k{k}"],
+            )
         if str(k) in res["diffstyler_fast_s"]:
-            row(f"  + cache + feat.fusion", res["diffstyler_fast_s"][str(k)], res["rows_per_step"][f"fast_k{k}"],
-                res["peak_mb"][f"fast_k{k}"])
+            row(
+                "  + cache + feat.fusion",
+                res["diffstyler_fast_s"][str(k)],
+                res["rows_per_step"][f"fast_k{k}"],
+                res["peak_mb"][f"fast_k{k}"],
+            )
         if str(k) in res["reference_s"]:
-            row(f"reference k={k}", res["reference_s"][str(k)], res["rows_per_step"][f"reference_k{k}"],
-                res["peak_mb"][f"reference_k{k}"])
+            row(
+                f"reference k={k}",
+                res["reference_s"][str(k)],
+                res["rows_per_step"][f"reference_k{k}"],
+                res["peak_mb"][f"reference_k{k}"],
+            )
     for k in ks:
         if str(k) in res["reference_s"]:
-            print(f"speed-up over the reference design, k={k}: {res['reference_s'][str(k)] / res['diffstyler_s'][str(k)]:.2f}x")
-    print(f"inversion: {res['inversion_s']:.3f} s; feature cache {res['feature_cache_mb']:.1f} MB; graph re-run with "
-          f"unchanged content: {res['rerun_inversion_s']:.3f} s (first run {res['first_graph_run_s']:.3f} s)")
+            speedup = res["reference_s"][str(k)] / res["diffstyler_s"][str(k)]
+            print(f"speed-up over the reference design, k={k}: {speedup:.2f}x")
+    print(
+        f"inversion: {res['inversion_s']:.3f} s; feature cache {res['feature_cache_mb']:.1f} MB; graph re-run with "
+        f"unchanged content: {res['rerun_inversion_s']:.3f} s (first run {res['first_graph_run_s']:.3f} s)"
+    )
     if "diffstyler_k1" in res["peak_mb"] and "diffstyler_k3" in res["peak_mb"]:
         print(f"peak memory k=3 / k=1: {res['peak_mb']['diffstyler_k3'] / res['peak_mb']['diffstyler_k1']:.3f}")
     if args.json:

@@ -23,27 +23,41 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                 io.Model.Input("model", tooltip="The diffusion model (the same one DDIM Inversion used)."),
                 STYLES.Input("styles", tooltip="The styles from Style LoRA Loader (DiffStyler)."),
                 io.Float.Input(
-                    "feature_injection_end", default=0.6, min=0.0, max=1.0, step=0.01,
+                    "feature_injection_end",
+                    default=0.6,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
                     tooltip="Fraction of the steps during which the content ResBlock features are injected "
                     "(paper: 0.6 = 30 of 50 steps). 0 turns it off.",
                 ),
                 io.Float.Input(
-                    "qk_injection_end", default=0.5, min=0.0, max=1.0, step=0.01,
+                    "qk_injection_end",
+                    default=0.5,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
                     tooltip="Fraction of the steps during which decoder self-attention Q/K are injected "
                     "(paper: 0.5). 0 turns it off.",
                 ),
                 io.Combo.Input(
-                    "qk_blend", options=["adaptive", "replace"], default="adaptive",
+                    "qk_blend",
+                    options=["adaptive", "replace"],
+                    default="adaptive",
                     tooltip="adaptive: q = r*q_content + (1-r)*q_style with r = min(1, 2t/1000) (the paper); "
                     "replace: r = 1 (plain Plug-and-Play).",
                 ),
                 io.Boolean.Input(
-                    "lora_in_injected_attention", default=True,
+                    "lora_in_injected_attention",
+                    default=True,
                     tooltip="Apply the style LoRA inside the injected decoder self-attention layers too. Off "
                     "reproduces the reference scripts, which bypass the LoRA there.",
                 ),
                 io.Combo.Input(
-                    "fusion", options=["noise", "feature"], default="noise", optional=True,
+                    "fusion",
+                    options=["noise", "feature"],
+                    default="noise",
+                    optional=True,
                     tooltip="noise: one cond/uncond pair per style, fused by mask (the paper). feature "
                     "(experimental): all styles share one pair; each style's LoRA acts on its region's tokens and "
                     "each region attends to its own prompt. Faster for several styles.",
@@ -53,8 +67,16 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, styles, feature_injection_end: float, qk_injection_end: float, qk_blend: str,
-                lora_in_injected_attention: bool, fusion: str = "noise") -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        styles,
+        feature_injection_end: float,
+        qk_injection_end: float,
+        qk_blend: str,
+        lora_in_injected_attention: bool,
+        fusion: str = "noise",
+    ) -> io.NodeOutput:
         if not styles:
             raise ValueError("styles: no styles connected: chain at least one Style LoRA Loader (DiffStyler)")
         deltas = []

@@ -24,39 +24,60 @@ class DiffStylerInvert(io.ComfyNode):
                 io.Model.Input("model", tooltip="The diffusion model; use the same MODEL for sampling."),
                 io.Latent.Input("latent", tooltip="The content image's latent (VAE Encode). Any batch size."),
                 io.Int.Input(
-                    "steps", default=50, min=1, max=1000,
+                    "steps",
+                    default=50,
+                    min=1,
+                    max=1000,
                     tooltip="DDIM steps; the sampler uses the same schedule. The paper uses 50.",
                 ),
                 io.Clip.Input(
-                    "clip", optional=True,
+                    "clip",
+                    optional=True,
                     tooltip="Used to encode the empty prompt for the content branch when no conditioning is given.",
                 ),
                 io.Conditioning.Input(
-                    "conditioning", optional=True,
+                    "conditioning",
+                    optional=True,
                     tooltip="Content-branch prompt. Default: the empty prompt (encoded with the clip input).",
                 ),
                 io.Combo.Input(
-                    "feature_cache", options=["off", "fp16", "fp32"], default="off", optional=True,
+                    "feature_cache",
+                    options=["off", "fp16", "fp32"],
+                    default="off",
+                    optional=True,
                     tooltip="Also record the content features the sampler injects, so sampling skips the content "
                     "row (faster; costs memory: see the log). fp32 gives the same result as no cache.",
                 ),
                 io.Float.Input(
-                    "cache_feature_end", default=0.6, min=0.0, max=1.0, step=0.01, optional=True,
+                    "cache_feature_end",
+                    default=0.6,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    optional=True,
                     tooltip="Record ResBlock features for this fraction of the steps (match the Injector's "
                     "feature_injection_end).",
                 ),
                 io.Float.Input(
-                    "cache_qk_end", default=0.5, min=0.0, max=1.0, step=0.01, optional=True,
+                    "cache_qk_end",
+                    default=0.5,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    optional=True,
                     tooltip="Record self-attention Q/K for this fraction of the steps (match the Injector's "
                     "qk_injection_end).",
                 ),
             ],
             outputs=[
                 INVERSION.Output(
-                    "inversion", display_name="inversion",
+                    "inversion",
+                    display_name="inversion",
                     tooltip="The trajectory, sigmas and a fingerprint of model, steps and latent shape.",
                 ),
-                io.Latent.Output("inverted_latent", display_name="inverted_latent", tooltip="x_T, the inverted latent."),
+                io.Latent.Output(
+                    "inverted_latent", display_name="inverted_latent", tooltip="x_T, the inverted latent."
+                ),
             ],
         )
 
@@ -67,8 +88,17 @@ class DiffStylerInvert(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model, latent, steps: int, clip=None, conditioning=None, feature_cache: str = "off",
-                cache_feature_end: float = 0.6, cache_qk_end: float = 0.5) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        latent,
+        steps: int,
+        clip=None,
+        conditioning=None,
+        feature_cache: str = "off",
+        cache_feature_end: float = 0.6,
+        cache_qk_end: float = 0.5,
+    ) -> io.NodeOutput:
         if conditioning is None:
             if clip is None:
                 raise ValueError(
@@ -77,8 +107,15 @@ class DiffStylerInvert(io.ComfyNode):
                 )
             conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(""))
         samples = latent["samples"] if isinstance(latent, dict) and "samples" in latent else latent
-        result = inversion.invert(model, samples, steps, conditioning, cache_dtype=feature_cache,
-                                  cache_feature_end=cache_feature_end, cache_qk_end=cache_qk_end)
+        result = inversion.invert(
+            model,
+            samples,
+            steps,
+            conditioning,
+            cache_dtype=feature_cache,
+            cache_feature_end=cache_feature_end,
+            cache_qk_end=cache_qk_end,
+        )
         out = dict(latent) if isinstance(latent, dict) else {}
         out.pop("noise_mask", None)
         out["samples"] = inversion.latent_out(model, result.trajectory[0])

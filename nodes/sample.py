@@ -18,20 +18,34 @@ def _common_inputs():
         io.Model.Input("model", tooltip="The MODEL from Cross-LoRA Attention Injector (DiffStyler)."),
         INVERSION.Input("inversion", tooltip="The DDIM Inversion (DiffStyler) of the content latent."),
         io.Conditioning.Input(
-            "positive", tooltip="Base prompt: used for the background branch when background = model.",
+            "positive",
+            tooltip="Base prompt: used for the background branch when background = model.",
         ),
         io.Conditioning.Input(
-            "negative", tooltip=f"Negative prompt for every branch (paper: '{NEGATIVE_DEFAULT}').",
+            "negative",
+            tooltip=f"Negative prompt for every branch (paper: '{NEGATIVE_DEFAULT}').",
         ),
-        io.Float.Input("cfg", default=10.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                       tooltip="Classifier-free guidance scale (paper: 10.5)."),
+        io.Float.Input(
+            "cfg",
+            default=10.5,
+            min=0.0,
+            max=100.0,
+            step=0.1,
+            round=0.01,
+            tooltip="Classifier-free guidance scale (paper: 10.5).",
+        ),
         io.Combo.Input(
-            "background", options=list(BACKGROUNDS), default="exact",
+            "background",
+            options=list(BACKGROUNDS),
+            default="exact",
             tooltip="exact: outside the masks the content latent is kept exactly; model: the reference behaviour, "
             "a base branch without LoRA predicts the background.",
         ),
-        STYLES.Input("styles", optional=True,
-                     tooltip="The styles (default: the ones the Injector patched). Must match the Injector's."),
+        STYLES.Input(
+            "styles",
+            optional=True,
+            tooltip="The styles (default: the ones the Injector patched). Must match the Injector's.",
+        ),
     ]
 
 
@@ -68,8 +82,13 @@ class DiffStylerMaskedFusionSampler(io.ComfyNode):
         x_t = model.model.process_latent_out(inversion.trajectory[0].clone())
         callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
         samples = guider.sample(
-            x_t * 0, x_t, ddim_sampler(), sigmas, callback=callback,
-            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0,
+            x_t * 0,
+            x_t,
+            ddim_sampler(),
+            sigmas,
+            callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+            seed=0,
         )
         return io.NodeOutput({"samples": samples.cpu()})
 

@@ -31,20 +31,27 @@ class DiffStylerStyleLoRA(io.ComfyNode):
             ),
             inputs=[
                 io.Combo.Input(
-                    "lora_name", options=[NO_LORA] + folder_paths.get_filename_list("loras"),
+                    "lora_name",
+                    options=[NO_LORA] + folder_paths.get_filename_list("loras"),
                     tooltip="A LoRA file from models/loras (kohya, diffusers, PEFT, LyCORIS). 'None' for a prompt-only "
                     "style or when a LORA_MODEL is connected.",
                 ),
                 io.Float.Input(
-                    "strength", default=1.0, min=-10.0, max=10.0, step=0.01,
+                    "strength",
+                    default=1.0,
+                    min=-10.0,
+                    max=10.0,
+                    step=0.01,
                     tooltip="LoRA strength for this style's branch only. 0 gives the plain model.",
                 ),
                 io.Conditioning.Input(
-                    "conditioning", tooltip="The style's prompt, e.g. 'painting of <sss>, deer' (CLIP Text Encode).",
+                    "conditioning",
+                    tooltip="The style's prompt, e.g. 'painting of <sss>, deer' (CLIP Text Encode).",
                 ),
                 io.Mask.Input("mask", tooltip="Where this style goes (FastSAM Mask or any MASK); soft masks blend."),
                 io.LoraModel.Input(
-                    "lora", optional=True,
+                    "lora",
+                    optional=True,
                     tooltip="A LORA_MODEL (e.g. from Train Style LoRA). Used instead of lora_name when connected.",
                 ),
                 STYLES.Input("styles", optional=True, tooltip="Earlier styles to append this one to."),
@@ -69,8 +76,14 @@ class DiffStylerStyleLoRA(io.ComfyNode):
         mask = as_mask_batch(mask, f"style {len(styles or [])} ({name}) mask")
         if not conditioning:
             raise ValueError("conditioning: empty CONDITIONING: connect a CLIP Text Encode of the style's prompt")
-        style = Style(uid=style_uid(name, sd, strength), name=name, lora=sd, strength=float(strength),
-                      conditioning=conditioning, mask=mask)
+        style = Style(
+            uid=style_uid(name, sd, strength),
+            name=name,
+            lora=sd,
+            strength=float(strength),
+            conditioning=conditioning,
+            mask=mask,
+        )
         return io.NodeOutput(append_style(styles, style))
 
 

@@ -63,7 +63,11 @@ def make_qk_recorder(rec: Recorder, previous=None):
         if previous is not None:
             return previous(q, k, v, extra_options)
         return attention.optimized_attention(
-            q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+            q,
+            k,
+            v,
+            extra_options["n_heads"],
+            attn_precision=extra_options.get("attn_precision"),
             transformer_options=extra_options,
         )
 
@@ -88,5 +92,9 @@ def log_cache(cache: FeatureCache, latent_shape) -> None:
     n_res, n_qk = cache.steps_recorded()
     logger.info(
         "DiffStyler: content-feature cache %s for latent %s: %d ResBlock steps, %d Q/K steps, %.1f MB",
-        str(cache.dtype).replace("torch.", ""), list(latent_shape), n_res, n_qk, cache.nbytes() / 2**20,
+        str(cache.dtype).replace("torch.", ""),
+        list(latent_shape),
+        n_res,
+        n_qk,
+        cache.nbytes() / 2**20,
     )

@@ -38,9 +38,12 @@ def token_weights(call, n_tokens: int, device, dtype) -> list[torch.Tensor] | No
             cache[key] = None
         else:
             idx = call.fused_batch_index.to(device)
-            cache[key] = [None if m is None else
-                          resize_mask_to_tokens(m.to(device=device, dtype=dtype), *grid).index_select(0, idx)
-                          for m in call.fused_weights]
+            cache[key] = [
+                None
+                if m is None
+                else resize_mask_to_tokens(m.to(device=device, dtype=dtype), *grid).index_select(0, idx)
+                for m in call.fused_weights
+            ]
     return cache[key]
 
 
@@ -106,9 +109,14 @@ def make_attn2_replace(state, attn2_modules: dict, previous=None):
     def plain(q, k, v, extra_options):
         if previous is not None:
             return previous(q, k, v, extra_options)
-        return attention.optimized_attention(q, k, v, extra_options["n_heads"],
-                                             attn_precision=extra_options.get("attn_precision"),
-                                             transformer_options=extra_options)
+        return attention.optimized_attention(
+            q,
+            k,
+            v,
+            extra_options["n_heads"],
+            attn_precision=extra_options.get("attn_precision"),
+            transformer_options=extra_options,
+        )
 
     def diffstyler_region_attn2(q, k, v, extra_options):
         call = state.call if state.run is not None else None
@@ -146,9 +154,13 @@ def make_attn2_replace(state, attn2_modules: dict, previous=None):
                 vv = _project(to_v, ctx, dv.get(style) if style is not None else None, cast)
                 idx = torch.tensor(sel, device=qr.device)
                 qs = qr.index_select(0, idx)
-                o = attention.optimized_attention(qs, kk.expand(qs.shape[0], -1, -1).to(qs.dtype),
-                                                  vv.expand(qs.shape[0], -1, -1).to(qs.dtype), heads,
-                                                  attn_precision=extra_options.get("attn_precision"))
+                o = attention.optimized_attention(
+                    qs,
+                    kk.expand(qs.shape[0], -1, -1).to(qs.dtype),
+                    vv.expand(qs.shape[0], -1, -1).to(qs.dtype),
+                    heads,
+                    attn_precision=extra_options.get("attn_precision"),
+                )
                 fused.index_add_(0, idx, o * weights[region].index_select(0, idx))
         return out.index_copy(0, rows, fused.to(out.dtype))
 

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import trange
 
 from ..core.inversion import InversionResult
-from ..core.masks import fusion_weights, fuse, inside_region, is_empty, resize_mask_to_latent
+from ..core.masks import fuse, fusion_weights, inside_region, is_empty, resize_mask_to_latent
 from ..core.schedule import ddim_step
 from ..core.styles import Style
 from . import inversion as inversion_adapter
@@ -31,8 +31,17 @@ FUSED_BRANCH = 1000
 
 
 class DiffStylerGuider(comfy.samplers.CFGGuider):
-    def __init__(self, model_patcher, inversion: InversionResult, styles: list[Style] | None, positive, negative,
-                 cfg: float, background: str = "exact", use_cache: bool = True):
+    def __init__(
+        self,
+        model_patcher,
+        inversion: InversionResult,
+        styles: list[Style] | None,
+        positive,
+        negative,
+        cfg: float,
+        background: str = "exact",
+        use_cache: bool = True,
+    ):
         super().__init__(model_patcher)
         if background not in BACKGROUNDS:
             raise ValueError(f"background: expected one of {BACKGROUNDS}, got {background!r}")
@@ -71,7 +80,9 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         for i, s in enumerate(self.styles):
             m = resize_mask_to_latent(s.mask, b, h, w, f"style {i} ({s.name}) mask")
             if is_empty(m):
-                logger.warning("DiffStyler: style %d (%s) has an all-zero mask at latent size; it is skipped", i, s.name)
+                logger.warning(
+                    "DiffStyler: style %d (%s) has an all-zero mask at latent size; it is skipped", i, s.name
+                )
                 continue
             self.active.append(i)
             masks.append(m)
@@ -126,16 +137,19 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             feature_cache=inv.feature_cache if self.use_cache else None,
         )
         if self._fused:
+
             def ctx(key):
                 return self.conds[key][0]["model_conds"]["c_crossattn"].cond
 
             neg = ctx("negative")
             self._run.fused_branch = FUSED_BRANCH
             by_style = dict(zip(self.active, self.weights))
-            self._run.fused_weights = [by_style[i].to(x.device, x.dtype) if i in by_style else None
-                                       for i in range(len(self.styles))] + [self.bg_weight.to(x.device, x.dtype)]
-            self._run.fused_contexts = [(ctx(f"style_{i}"), neg) if i in by_style else None
-                                        for i in range(len(self.styles))] + [(ctx("positive"), neg)]
+            self._run.fused_weights = [
+                by_style[i].to(x.device, x.dtype) if i in by_style else None for i in range(len(self.styles))
+            ] + [self.bg_weight.to(x.device, x.dtype)]
+            self._run.fused_contexts = [
+                (ctx(f"style_{i}"), neg) if i in by_style else None for i in range(len(self.styles))
+            ] + [(ctx("positive"), neg)]
             self._run.latent_hw = tuple(x.shape[-2:])
         self.state.run = self._run
         dev = x.device
@@ -156,8 +170,15 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             cond_f = out[0]
             uncond_f = out[1] if self._uncond else torch.zeros_like(cond_f)
             return comfy.samplers.cfg_function(
-                self.inner_model, cond_f, uncond_f, self.cfg, x, timestep, model_options=model_options,
-                cond=self.conds.get("positive"), uncond=self.conds.get("negative"),
+                self.inner_model,
+                cond_f,
+                uncond_f,
+                self.cfg,
+                x,
+                timestep,
+                model_options=model_options,
+                cond=self.conds.get("positive"),
+                uncond=self.conds.get("negative"),
             )
         cond_preds = {br: out[j * per] for j, br in enumerate(self._branches)}
         uncond_preds = {br: out[j * per + 1] for j, br in enumerate(self._branches)} if self._uncond else None
@@ -174,8 +195,15 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         else:
             uncond_f = torch.zeros_like(cond_f)
         return comfy.samplers.cfg_function(
-            self.inner_model, cond_f, uncond_f, self.cfg, x, timestep, model_options=model_options,
-            cond=self.conds.get("positive"), uncond=self.conds.get("negative"),
+            self.inner_model,
+            cond_f,
+            uncond_f,
+            self.cfg,
+            x,
+            timestep,
+            model_options=model_options,
+            cond=self.conds.get("positive"),
+            uncond=self.conds.get("negative"),
         )
 
     def diffstyler_initial_latent(self, x):
@@ -189,8 +217,9 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         target = self.inversion.latent_at(sigma_next).to(x.device, x.dtype)
         return torch.where(self._dev_inside, x, target)
 
-    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
-               seed=None):
+    def sample(
+        self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None
+    ):
         inv = self.inversion
         inversion_adapter.check_inversion(inv, self.model_patcher, sigmas.cpu(), inv.content_latent.shape)
         if latent_image is not None and tuple(latent_image.shape) != tuple(inv.content_latent.shape):

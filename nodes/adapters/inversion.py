@@ -63,8 +63,7 @@ def make_fingerprint(model, steps: int, latent_shape, sigmas: torch.Tensor) -> I
 
 
 @torch.no_grad()
-def sample_ddim_inverse(model, x, sigmas, extra_args=None, callback=None, disable=None, trajectory=None,
-                        recorder=None):
+def sample_ddim_inverse(model, x, sigmas, extra_args=None, callback=None, disable=None, trajectory=None, recorder=None):
     """k-diffusion style sampler function walking an *ascending* sigma list (DDIM inversion).
 
     ``x`` starts at the clean latent (sigmas[0] = 0). The noise prediction for the step
@@ -107,8 +106,16 @@ def validate_latent(model, samples: torch.Tensor, name: str = "latent") -> None:
         raise ValueError(f"{name}: the latent contains NaN or infinite values: re-encode the image")
 
 
-def invert(model, samples: torch.Tensor, steps: int, conditioning: list, disable_pbar: bool = False,
-           cache_dtype: str = "off", cache_feature_end: float = 0.6, cache_qk_end: float = 0.5) -> InversionResult:
+def invert(
+    model,
+    samples: torch.Tensor,
+    steps: int,
+    conditioning: list,
+    disable_pbar: bool = False,
+    cache_dtype: str = "off",
+    cache_feature_end: float = 0.6,
+    cache_qk_end: float = 0.5,
+) -> InversionResult:
     """DDIM-invert ``samples`` (VAE-space ``[B,C,h,w]``) with ``model`` over ``steps`` ddim_uniform steps.
 
     ``cache_dtype`` 'fp16'/'fp32' also records the content features the sampler injects during the
@@ -153,8 +160,12 @@ def invert(model, samples: torch.Tensor, steps: int, conditioning: list, disable
     if cache is not None:
         feature_cache.log_cache(cache, samples.shape)
     return InversionResult(
-        sigmas=sigmas, trajectory=traj, content_latent=samples.detach().cpu().clone(), fingerprint=fp,
-        conditioning=conditioning, feature_cache=cache,
+        sigmas=sigmas,
+        trajectory=traj,
+        content_latent=samples.detach().cpu().clone(),
+        fingerprint=fp,
+        conditioning=conditioning,
+        feature_cache=cache,
     )
 
 

@@ -41,7 +41,9 @@ def load_lora_file(name: str) -> dict[str, torch.Tensor]:
     try:
         return comfy.utils.load_torch_file(path, safe_load=True)
     except Exception as e:
-        raise ValueError(f"lora_name: {name!r} could not be read as a LoRA file ({e}): re-download or re-save it") from e
+        raise ValueError(
+            f"lora_name: {name!r} could not be read as a LoRA file ({e}): re-download or re-save it"
+        ) from e
 
 
 def is_peft(sd: dict) -> bool:
@@ -57,10 +59,13 @@ def rename_peft(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         base = k
         for p in PEFT_PREFIXES:
             if base.startswith(p):
-                base = base[len(p):]
+                base = base[len(p) :]
                 break
-        for src, dst in ((".lora_A.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_up.weight"),
-                         (".alpha", ".alpha")):
+        for src, dst in (
+            (".lora_A.weight", ".lora_down.weight"),
+            (".lora_B.weight", ".lora_up.weight"),
+            (".alpha", ".alpha"),
+        ):
             if base.endswith(src):
                 module = base[: -len(src)]
                 out["lora_unet_" + module.replace(".", "_") + dst] = v
@@ -102,8 +107,11 @@ def layer_deltas(patches: dict, model, strength: float, source: str = "LoRA") ->
     """
     state = model.model.state_dict()
     out: dict[str, LayerDelta] = {}
-    bad = [(k, _shape_of(a), tuple(state[k].shape)) for k, a in patches.items()
-           if k in state and _shape_of(a) is not None and not _fits(_shape_of(a), tuple(state[k].shape))]
+    bad = [
+        (k, _shape_of(a), tuple(state[k].shape))
+        for k, a in patches.items()
+        if k in state and _shape_of(a) is not None and not _fits(_shape_of(a), tuple(state[k].shape))
+    ]
     if bad:
         k, got, want = bad[0]
         raise ValueError(

@@ -9,7 +9,6 @@ active (``PatchState.run``), and then only on the rows it owns for the current U
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 
@@ -123,6 +122,7 @@ class PatchState:
 
 # ---------------------------------------------------------------- class-swapped layers
 
+
 def swapped_copy(module: torch.nn.Module, mixin: type, **class_attrs) -> torch.nn.Module:
     """A view of ``module`` whose class also derives from ``mixin`` and carries ``class_attrs``.
 
@@ -187,8 +187,11 @@ class RowLoRAMixin:
         if ok is None:
             ds = self._ds_deltas
             ranks = {ds[s].down.shape[0] for s in ds if ds[s].down is not None}
-            ok = (not isinstance(self, torch.nn.Conv2d) and len(ranks) == 1
-                  and all(d.weight is None and d.bias is None and d.down is not None for d in ds.values()))
+            ok = (
+                not isinstance(self, torch.nn.Conv2d)
+                and len(ranks) == 1
+                and all(d.weight is None and d.bias is None and d.down is not None for d in ds.values())
+            )
             type(self)._ds_stack_ok = ok
         return ok and all(s in self._ds_deltas for s in styles)
 
@@ -204,11 +207,11 @@ class RowLoRAMixin:
             cache[key] = (down.transpose(1, 2).contiguous(), up.transpose(1, 2).contiguous())
         down_t, up_t = cache[key]
         k = len(styles)
-        xs = x[start:start + k * per]
+        xs = x[start : start + k * per]
         lead = xs.shape[1:-1]
         h = torch.bmm(xs.reshape(k, -1, xs.shape[-1]), down_t)
         delta = torch.bmm(h, up_t).reshape(k * per, *lead, up_t.shape[-1])
-        out[start:start + k * per] += delta.to(out.dtype)
+        out[start : start + k * per] += delta.to(out.dtype)
         return out
 
     def _ds_cast(self, style: int, d: LayerDelta, x: torch.Tensor) -> LayerDelta:
@@ -293,7 +296,11 @@ def make_qk_replace(state: PatchState, previous=None):
         if previous is not None:
             return previous(q, k, v, extra_options)
         return attention.optimized_attention(
-            q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+            q,
+            k,
+            v,
+            extra_options["n_heads"],
+            attn_precision=extra_options.get("attn_precision"),
             transformer_options=extra_options,
         )
 
@@ -312,8 +319,9 @@ def make_apply_model_wrapper(state: PatchState):
     """Keyed APPLY_MODEL wrapper: while a run is active, put the content rows first in every UNet call
     that holds a branch inside an injection window, set the call's row plan, and drop those rows again."""
 
-    def diffstyler_apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
-                               **kwargs):
+    def diffstyler_apply_model(
+        executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs
+    ):
         run = state.run
         if run is None:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
@@ -330,8 +338,12 @@ def make_apply_model_wrapper(state: PatchState):
         cache = run.feature_cache
         res_cached = cache.res.get(step) if (cache is not None and res_on) else None
         qk_cached = cache.qk.get(step) if (cache is not None and qk_on) else None
-        from_cache = bool(inject_chunks) and (res_on or qk_on) and (not res_on or res_cached is not None) and (
-            not qk_on or qk_cached is not None)
+        from_cache = (
+            bool(inject_chunks)
+            and (res_on or qk_on)
+            and (not res_on or res_cached is not None)
+            and (not qk_on or qk_cached is not None)
+        )
         need_content = (res_on or qk_on) and bool(inject_chunks) and not from_cache
         offset = b if need_content else 0
         if need_content:
@@ -342,7 +354,9 @@ def make_apply_model_wrapper(state: PatchState):
                 )
             x_src = run.content_latent_at(sigma).to(device=x.device, dtype=x.dtype)
             if x_src.shape[0] != b:
-                raise ValueError(f"inversion: the content latent batch ({x_src.shape[0]}) differs from the sampled one ({b})")
+                raise ValueError(
+                    f"inversion: the content latent batch ({x_src.shape[0]}) differs from the sampled one ({b})"
+                )
             x = torch.cat([x_src, x])
             t = torch.cat([t[:b], t])
             c_crossattn, kwargs = _prepend_conditioning(run.content_conditioning, b, c_crossattn, kwargs)
@@ -352,8 +366,9 @@ def make_apply_model_wrapper(state: PatchState):
             style = run.lora_branch_to_style.get(branch)
             if style is not None:
                 lora_rows.setdefault(style, []).extend(range(offset + j * b, offset + (j + 1) * b))
-        fused_chunks = [j for j, (branch, _u) in enumerate(roles) if run.fused_branch is not None
-                        and branch == run.fused_branch]
+        fused_chunks = [
+            j for j, (branch, _u) in enumerate(roles) if run.fused_branch is not None and branch == run.fused_branch
+        ]
         inj_rows = [offset + j * b + i for j in inject_chunks for i in range(b)] if (need_content or from_cache) else []
         inj_src = [i for _j in inject_chunks for i in range(b)] if (need_content or from_cache) else []
         batch_index = _index(inj_src, device) if from_cache else None
@@ -364,7 +379,8 @@ def make_apply_model_wrapper(state: PatchState):
             order = sorted(ranges, key=lambda s_: ranges[s_][0])
             per = ranges[order[0]][1] - ranges[order[0]][0]
             if all(ranges[s_][1] - ranges[s_][0] == per for s_ in order) and all(
-                    ranges[order[i]][0] == ranges[order[0]][0] + i * per for i in range(len(order))):
+                ranges[order[i]][0] == ranges[order[0]][0] + i * per for i in range(len(order))
+            ):
                 block = (ranges[order[0]][0], per, tuple(order))
         plan = CallPlan(
             lora_ranges=ranges,
@@ -452,12 +468,23 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
             logger.warning("DiffStyler: LoRA target %s is not a Linear/Conv2d layer of this model; skipped", path)
             continue
         current = patched.get_model_object(path)
-        patched.add_object_patch(path, swapped_copy(current, RowLoRAMixin, _ds_state=state, _ds_deltas=deltas,
-                                                    _ds_in_injected_attention=path.rsplit(".", 1)[0] in injected_attn
-                                                    or path in injected_attn,
-                                                    _ds_context_proj=path.endswith((".attn2.to_k", ".attn2.to_v"))))
-    logger.info("DiffStyler: per-row LoRA on %d layers for %d style(s) (%.1f MB of factors)", len(per_module),
-                len(styles_deltas), state.deltas_bytes / 2**20)
+        patched.add_object_patch(
+            path,
+            swapped_copy(
+                current,
+                RowLoRAMixin,
+                _ds_state=state,
+                _ds_deltas=deltas,
+                _ds_in_injected_attention=path.rsplit(".", 1)[0] in injected_attn or path in injected_attn,
+                _ds_context_proj=path.endswith((".attn2.to_k", ".attn2.to_v")),
+            ),
+        )
+    logger.info(
+        "DiffStyler: per-row LoRA on %d layers for %d style(s) (%.1f MB of factors)",
+        len(per_module),
+        len(styles_deltas),
+        state.deltas_bytes / 2**20,
+    )
 
     res = patched.get_model_object(block_map.resblock)
     patched.add_object_patch(block_map.resblock, swapped_copy(res, InjectedResBlockMixin, _ds_state=state))
@@ -483,8 +510,9 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
             patched.set_model_attn2_replace(feature_fusion.make_attn2_replace(state, attn2, previous), name, bid)
         logger.info("DiffStyler: feature-fusion cross-attention on %d transformer blocks", len(attn2))
 
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-                                 make_apply_model_wrapper(state))
+    patched.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, make_apply_model_wrapper(state)
+    )
     patched.set_attachments(ATTACHMENT, state)
     return patched, state
 

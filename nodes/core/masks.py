@@ -28,7 +28,9 @@ def as_mask_batch(mask: torch.Tensor, name: str) -> torch.Tensor:
     if mask.ndim != 3:
         raise ValueError(f"{name}: expected a MASK of shape [B,H,W], got {list(mask.shape)}")
     if mask.shape[0] == 0 or mask.shape[1] == 0 or mask.shape[2] == 0:
-        raise ValueError(f"{name}: the mask is empty (shape {list(mask.shape)}): connect a mask with at least one pixel")
+        raise ValueError(
+            f"{name}: the mask is empty (shape {list(mask.shape)}): connect a mask with at least one pixel"
+        )
     mask = mask.float()
     if not torch.isfinite(mask).all():
         raise ValueError(f"{name}: the mask contains NaN or infinite values: check the node that made it")
@@ -93,8 +95,9 @@ def fusion_weights(masks: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch
     return weights, cover
 
 
-def fuse(preds: list[torch.Tensor], weights: list[torch.Tensor], background: torch.Tensor,
-         background_weight: torch.Tensor) -> torch.Tensor:
+def fuse(
+    preds: list[torch.Tensor], weights: list[torch.Tensor], background: torch.Tensor, background_weight: torch.Tensor
+) -> torch.Tensor:
     """``sum_i w_i * pred_i + w_bg * background`` (all ``[B,C,h,w]``, weights ``[B,1,h,w]``)."""
     out = background * background_weight
     for p, w in zip(preds, weights):

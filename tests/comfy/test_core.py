@@ -8,13 +8,12 @@ import os
 import threading
 import time
 
+import dst_core
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
 from PIL import Image
-
-import dst_core
 
 STEPS = 10
 
@@ -35,8 +34,13 @@ def mods(pack):
 @pytest.fixture(scope="module")
 def prompts(tiny):
     enc = lambda t: tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(t))  # noqa: E731
-    return {"empty": enc(""), "style": enc("painting of <sss>, deer"), "style2": enc("sketch of grass"),
-            "base": enc("a deer on grass"), "neg": enc("ugly, blurry, black, low res, unrealistic")}
+    return {
+        "empty": enc(""),
+        "style": enc("painting of <sss>, deer"),
+        "style2": enc("sketch of grass"),
+        "base": enc("a deer on grass"),
+        "neg": enc("ugly, blurry, black, low res, unrealistic"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +68,9 @@ def inject(mods, model, styles, feat=0.0, qk=0.0, blend="adaptive", lora_in_attn
 
 
 def run(mods, patched, inverted, prompts, styles, cfg=7.5, background="exact"):
-    out = mods.sample.DiffStylerMaskedFusionSampler.execute(patched, inverted, prompts["base"], prompts["neg"], cfg,
-                                                            background, styles)
+    out = mods.sample.DiffStylerMaskedFusionSampler.execute(
+        patched, inverted, prompts["base"], prompts["neg"], cfg, background, styles
+    )
     return out.args[0]["samples"]
 
 
@@ -74,7 +79,7 @@ def half_mask(h=64, w=64, left=True):
     if left:
         m[:, :, : w // 2] = 1
     else:
-        m[:, :, w // 2:] = 1
+        m[:, :, w // 2 :] = 1
     return m
 
 
@@ -148,10 +153,12 @@ def test_exact_background_bit_for_bit_and_psnr(tiny, mods, prompts):
                 dec, rt = (tiny.vae.decode(x).float() for x in (out, lat))
             mse = float(((dec[0] - rt[0]) ** 2)[keep].mean())
             psnr[how] = 10 * math.log10(1.0 / max(mse, 1e-20))
-    print(f"\nexact background, decoded pixels outside the mask dilated by 48 px vs the VAE round trip: "
-          f"PSNR {psnr['tiled']:.1f} dB with VAE Decode (Tiled), {psnr['plain']:.1f} dB with plain VAE Decode "
-          f"(the random tiny VAE's GroupNorm couples the whole image); max latent change inside "
-          f"{float((out - lat).abs().max()):.3f}")
+    print(
+        f"\nexact background, decoded pixels outside the mask dilated by 48 px vs the VAE round trip: "
+        f"PSNR {psnr['tiled']:.1f} dB with VAE Decode (Tiled), {psnr['plain']:.1f} dB with plain VAE Decode "
+        f"(the random tiny VAE's GroupNorm couples the whole image); max latent change inside "
+        f"{float((out - lat).abs().max()):.3f}"
+    )
     assert psnr["tiled"] >= 40.0
 
 
@@ -181,8 +188,13 @@ class Recorder:
         recorder = self
 
         def dm_wrapper(executor, x, timesteps, context, y, control, transformer_options, **kw):
-            recorder.calls.append({"x": x.clone(), "sigma": float(transformer_options["sigmas"][0]),
-                                   "cond_or_uncond": list(transformer_options["cond_or_uncond"])})
+            recorder.calls.append(
+                {
+                    "x": x.clone(),
+                    "sigma": float(transformer_options["sigmas"][0]),
+                    "cond_or_uncond": list(transformer_options["cond_or_uncond"]),
+                }
+            )
             return executor(x, timesteps, context, y, control, transformer_options, **kw)
 
         import comfy.patcher_extension
@@ -310,20 +322,27 @@ def test_one_call_per_step_and_no_weight_copies(tiny, mods, inverted, prompts):
     base_ptrs = {k: v.data_ptr() for k, v in tiny.model.model.state_dict().items()}
     peaks = {}
     for k in (1, 2, 3):
-        items = [(dst_core.random_lora(tiny.model, seed=10 + i), 1.0, prompts["style"],
-                  half_mask(left=(i % 2 == 0))) for i in range(k)]
+        items = [
+            (dst_core.random_lora(tiny.model, seed=10 + i), 1.0, prompts["style"], half_mask(left=(i % 2 == 0)))
+            for i in range(k)
+        ]
         styles = make_styles(mods, items)
         patched = inject(mods, tiny.model, styles, 0.6, 0.5)
         calls = []
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "count",
-                                     lambda ex, x, *a, **kw: calls.append(x.shape[0]) or ex(x, *a, **kw))
+        patched.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+            "count",
+            lambda ex, x, *a, **kw: calls.append(x.shape[0]) or ex(x, *a, **kw),
+        )
         peaks[k] = _peak_rss_during(lambda: run(mods, patched, inverted, prompts, styles))
         assert len(calls) == STEPS, f"k={k}: {len(calls)} UNet calls for {STEPS} steps"
         assert calls[0] == 1 + 2 * k and calls[-1] == 2 * k, calls
         ptrs = {kk: v.data_ptr() for kk, v in patched.model.state_dict().items()}
         assert ptrs == base_ptrs, "no UNet weight may be copied"
-    print(f"\npeak RSS growth while sampling (tiny UNet, 64x64): k=1 {peaks[1] / 2**20:.1f} MB, "
-          f"k=3 {peaks[3] / 2**20:.1f} MB")
+    print(
+        f"\npeak RSS growth while sampling (tiny UNet, 64x64): k=1 {peaks[1] / 2**20:.1f} MB, "
+        f"k=3 {peaks[3] / 2**20:.1f} MB"
+    )
 
 
 # ------------------------------------------------------------------ isolation
@@ -333,8 +352,13 @@ def test_isolation_and_repeatability(tiny, mods, inverted, prompts):
     xt = x_t(mods, tiny, inverted)
     before = dst_core.plain_ddim(tiny.model, xt, STEPS, prompts["style"], prompts["neg"], 7.5)
     lora = dst_core.random_lora(tiny.model, seed=4)
-    styles = make_styles(mods, [(lora, 1.0, prompts["style"], half_mask()),
-                                (dst_core.random_lora(tiny.model, seed=5), 0.7, prompts["style2"], half_mask(left=False))])
+    styles = make_styles(
+        mods,
+        [
+            (lora, 1.0, prompts["style"], half_mask()),
+            (dst_core.random_lora(tiny.model, seed=5), 0.7, prompts["style2"], half_mask(left=False)),
+        ],
+    )
     patched = inject(mods, tiny.model, styles, 0.6, 0.5)
     a = run(mods, patched, inverted, prompts, styles)
     after = dst_core.plain_ddim(tiny.model, xt, STEPS, prompts["style"], prompts["neg"], 7.5)
@@ -386,31 +410,67 @@ def test_graph_two_styles(tiny, run_graph, comfy_home):
     _png(comfy_home.input / "left.png", left)
     _png(comfy_home.input / "right.png", 255 - left)
     for i in (20, 21):
-        safetensors.torch.save_file(dst_core.random_lora(tiny.model, seed=i),
-                                    str(comfy_home.models / "loras" / f"style{i}.safetensors"))
+        safetensors.torch.save_file(
+            dst_core.random_lora(tiny.model, seed=i), str(comfy_home.models / "loras" / f"style{i}.safetensors")
+        )
     enc = lambda t: {"class_type": "CLIPTextEncode", "inputs": {"text": t, "clip": ["1", 1]}}  # noqa: E731
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny.checkpoint}},
         "2": {"class_type": "DiffStylerTestTinyVAE", "inputs": {"seed": 0}},
         "3": {"class_type": "LoadImage", "inputs": {"image": "deer.png"}},
         "4": {"class_type": "VAEEncode", "inputs": {"pixels": ["3", 0], "vae": ["2", 0]}},
-        "5": {"class_type": "DiffStylerInvert", "inputs": {"model": ["1", 0], "latent": ["4", 0], "steps": 6,
-                                                           "clip": ["1", 1]}},
-        "6": enc("painting of <sss>, deer"), "7": enc("sketch of <ttt>, grass"), "8": enc("a deer on grass"),
+        "5": {
+            "class_type": "DiffStylerInvert",
+            "inputs": {"model": ["1", 0], "latent": ["4", 0], "steps": 6, "clip": ["1", 1]},
+        },
+        "6": enc("painting of <sss>, deer"),
+        "7": enc("sketch of <ttt>, grass"),
+        "8": enc("a deer on grass"),
         "9": enc("ugly, blurry, black, low res, unrealistic"),
         "10": {"class_type": "LoadImageMask", "inputs": {"image": "left.png", "channel": "red"}},
         "11": {"class_type": "LoadImageMask", "inputs": {"image": "right.png", "channel": "red"}},
-        "12": {"class_type": "DiffStylerStyleLoRA", "inputs": {"lora_name": "style20.safetensors", "strength": 1.0,
-                                                               "conditioning": ["6", 0], "mask": ["10", 0]}},
-        "13": {"class_type": "DiffStylerStyleLoRA", "inputs": {"lora_name": "style21.safetensors", "strength": 0.8,
-                                                               "conditioning": ["7", 0], "mask": ["11", 0],
-                                                               "styles": ["12", 0]}},
-        "14": {"class_type": "DiffStylerCrossLoRAInjector", "inputs": {
-            "model": ["1", 0], "styles": ["13", 0], "feature_injection_end": 0.6, "qk_injection_end": 0.5,
-            "qk_blend": "adaptive", "lora_in_injected_attention": True}},
-        "15": {"class_type": "DiffStylerMaskedFusionSampler", "inputs": {
-            "model": ["14", 0], "inversion": ["5", 0], "positive": ["8", 0], "negative": ["9", 0], "cfg": 10.5,
-            "background": "exact", "styles": ["13", 0]}},
+        "12": {
+            "class_type": "DiffStylerStyleLoRA",
+            "inputs": {
+                "lora_name": "style20.safetensors",
+                "strength": 1.0,
+                "conditioning": ["6", 0],
+                "mask": ["10", 0],
+            },
+        },
+        "13": {
+            "class_type": "DiffStylerStyleLoRA",
+            "inputs": {
+                "lora_name": "style21.safetensors",
+                "strength": 0.8,
+                "conditioning": ["7", 0],
+                "mask": ["11", 0],
+                "styles": ["12", 0],
+            },
+        },
+        "14": {
+            "class_type": "DiffStylerCrossLoRAInjector",
+            "inputs": {
+                "model": ["1", 0],
+                "styles": ["13", 0],
+                "feature_injection_end": 0.6,
+                "qk_injection_end": 0.5,
+                "qk_blend": "adaptive",
+                "lora_in_injected_attention": True,
+            },
+        },
+        "15": {
+            "class_type": "DiffStylerMaskedFusionSampler",
+            "inputs": {
+                "model": ["14", 0],
+                "inversion": ["5", 0],
+                "positive": ["8", 0],
+                "negative": ["9", 0],
+                "cfg": 10.5,
+                "background": "exact",
+                "styles": ["13", 0],
+            },
+        },
         "16": {"class_type": "VAEDecode", "inputs": {"samples": ["15", 0], "vae": ["2", 0]}},
         "17": {"class_type": "SaveImage", "inputs": {"images": ["16", 0], "filename_prefix": "diffstyler_test"}},
     }
@@ -435,12 +495,15 @@ def test_bad_inputs(tiny, mods, inverted, prompts, comfy_home):
     styles = make_styles(mods, [(wide, 1.0, prompts["style"], torch.ones(1, 64, 64))])
     with pytest.raises(ValueError, match=r"style 0 LoRA .*of its 128 matching layers have shapes that do not fit"):
         inject(mods, tiny.model, styles)
-    alien = {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 64),
-             "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(64, 4),
-             "transformer.blocks.0.attn.qkv.lora_A.weight": torch.zeros(4, 8)}
+    alien = {
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 64),
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(64, 4),
+        "transformer.blocks.0.attn.qkv.lora_A.weight": torch.zeros(4, 8),
+    }
     safetensors.torch.save_file(alien, str(comfy_home.models / "loras" / "alien.safetensors"))
-    styles = mods.style.DiffStylerStyleLoRA.execute("alien.safetensors", 1.0, prompts["style"],
-                                                    torch.ones(1, 64, 64)).args[0]
+    styles = mods.style.DiffStylerStyleLoRA.execute(
+        "alien.safetensors", 1.0, prompts["style"], torch.ones(1, 64, 64)
+    ).args[0]
     with pytest.raises(ValueError, match=r"alien.safetensors\): 0 of its 3 tensors match"):
         inject(mods, tiny.model, styles)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
@@ -448,8 +511,10 @@ def test_bad_inputs(tiny, mods, inverted, prompts, comfy_home):
     with pytest.raises(ValueError, match="no absolute path"):
         mods.style.DiffStylerStyleLoRA.execute("../evil.safetensors", 1.0, prompts["style"], torch.ones(1, 64, 64))
     # masks that do not fit the latent
-    for mask, pattern in ((torch.ones(3, 64, 64), "mask batch has 3 masks"),
-                          (torch.ones(1, 64, 128), "aspect ratios differ")):
+    for mask, pattern in (
+        (torch.ones(3, 64, 64), "mask batch has 3 masks"),
+        (torch.ones(1, 64, 128), "aspect ratios differ"),
+    ):
         styles = make_styles(mods, [(None, 0.0, prompts["style"], mask)])
         with pytest.raises(ValueError, match=pattern):
             run(mods, inject(mods, tiny.model, styles), inverted, prompts, styles)
@@ -476,8 +541,9 @@ def test_bad_inputs(tiny, mods, inverted, prompts, comfy_home):
         run(mods, inject(mods, other, styles), inverted, prompts, styles)
     from comfyui_diffstyler.nodes.adapters.guider import DiffStylerGuider, ddim_sampler
 
-    guider = DiffStylerGuider(inject(mods, tiny.model, styles), inverted, styles, prompts["base"], prompts["neg"],
-                              7.5, "exact")
+    guider = DiffStylerGuider(
+        inject(mods, tiny.model, styles), inverted, styles, prompts["base"], prompts["neg"], 7.5, "exact"
+    )
     sig = mods.inv.sampling_sigmas(tiny.model, 20)
     lat = inverted.content_latent
     with pytest.raises(ValueError, match="10 steps but the sampler uses 20"):
@@ -487,8 +553,9 @@ def test_bad_inputs(tiny, mods, inverted, prompts, comfy_home):
         DiffStylerGuider(tiny.model, inverted, styles, prompts["base"], prompts["neg"], 7.5, "exact")
     other_styles = make_styles(mods, [(None, 0.5, prompts["style"], torch.ones(1, 64, 64))])
     with pytest.raises(ValueError, match="differ from the 1 the Injector patched"):
-        DiffStylerGuider(inject(mods, tiny.model, styles), inverted, other_styles, prompts["base"], prompts["neg"],
-                         7.5, "exact")
+        DiffStylerGuider(
+            inject(mods, tiny.model, styles), inverted, other_styles, prompts["base"], prompts["neg"], 7.5, "exact"
+        )
     assert os.path.exists(comfy_home.models / "loras" / "alien.safetensors")
 
 
@@ -502,16 +569,22 @@ def test_feature_cache_equals_content_row(tiny, mods, content, prompts, k):
     lat = content[1]
     plain = mods.inv.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True)
     cached = mods.inv.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, cache_dtype="fp32")
-    assert torch.equal(plain.trajectory, cached.trajectory) or torch.allclose(plain.trajectory, cached.trajectory,
-                                                                              atol=1e-6)
+    assert torch.equal(plain.trajectory, cached.trajectory) or torch.allclose(
+        plain.trajectory, cached.trajectory, atol=1e-6
+    )
     assert cached.feature_cache.steps_recorded() == (6, 5)
-    items = [(dst_core.random_lora(tiny.model, seed=30 + i), 1.0, prompts["style"], half_mask(left=(i == 0)))
-             for i in range(k)]
+    items = [
+        (dst_core.random_lora(tiny.model, seed=30 + i), 1.0, prompts["style"], half_mask(left=(i == 0)))
+        for i in range(k)
+    ]
     styles = make_styles(mods, items)
     patched = inject(mods, tiny.model, styles, 0.6, 0.5)
     rows = []
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "rows",
-                                 lambda ex, x, *a, **kw: rows.append(x.shape[0]) or ex(x, *a, **kw))
+    patched.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+        "rows",
+        lambda ex, x, *a, **kw: rows.append(x.shape[0]) or ex(x, *a, **kw),
+    )
     a = run(mods, patched, plain, prompts, styles)
     assert rows[0] == 1 + 2 * k
     rows.clear()
@@ -520,9 +593,11 @@ def test_feature_cache_equals_content_row(tiny, mods, content, prompts, k):
     diff = float((a - b).abs().max())
     fp16 = mods.inv.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, cache_dtype="fp16")
     c = run(mods, patched, fp16, prompts, styles)
-    print(f"\nfeature cache k={k}: fp32 max |diff| {diff:.2e}, fp16 max |diff| {float((a - c).abs().max()):.2e}; "
-          f"fp32 cache {cached.feature_cache.nbytes() / 2**20:.2f} MB, fp16 {fp16.feature_cache.nbytes() / 2**20:.2f} MB "
-          f"for a 64x64 image, {STEPS} steps")
+    print(
+        f"\nfeature cache k={k}: fp32 max |diff| {diff:.2e}, fp16 max |diff| {float((a - c).abs().max()):.2e}; "
+        f"fp32 cache {cached.feature_cache.nbytes() / 2**20:.2f} MB, fp16 {fp16.feature_cache.nbytes() / 2**20:.2f} MB "
+        f"for a 64x64 image, {STEPS} steps"
+    )
     assert diff <= 1e-4
 
 
@@ -533,8 +608,9 @@ def test_feature_fusion_equals_noise_fusion_for_one_full_mask(tiny, mods, invert
     lora = dst_core.random_lora(tiny.model, seed=40)
     styles = make_styles(mods, [(lora, 1.0, prompts["style"], torch.ones(1, 64, 64))])
     noise = run(mods, inject(mods, tiny.model, styles, 0.6, 0.5), inverted, prompts, styles)
-    patched = mods.inject.DiffStylerCrossLoRAInjector.execute(tiny.model, styles, 0.6, 0.5, "adaptive", True,
-                                                              "feature").args[0]
+    patched = mods.inject.DiffStylerCrossLoRAInjector.execute(
+        tiny.model, styles, 0.6, 0.5, "adaptive", True, "feature"
+    ).args[0]
     feat = run(mods, patched, inverted, prompts, styles)
     diff = float((noise - feat).abs().max())
     print(f"\nfeature fusion vs noise fusion, k=1 full mask: max |diff| {diff:.2e}")
@@ -544,14 +620,25 @@ def test_feature_fusion_equals_noise_fusion_for_one_full_mask(tiny, mods, invert
 def test_feature_fusion_two_styles_two_rows(tiny, mods, inverted, prompts, content):
     import comfy.patcher_extension
 
-    items = [(dst_core.random_lora(tiny.model, seed=41 + i), 1.0, prompts["style" if i == 0 else "style2"],
-              half_mask(left=(i == 0))) for i in range(2)]
+    items = [
+        (
+            dst_core.random_lora(tiny.model, seed=41 + i),
+            1.0,
+            prompts["style" if i == 0 else "style2"],
+            half_mask(left=(i == 0)),
+        )
+        for i in range(2)
+    ]
     styles = make_styles(mods, items)
-    patched = mods.inject.DiffStylerCrossLoRAInjector.execute(tiny.model, styles, 0.6, 0.5, "adaptive", True,
-                                                              "feature").args[0]
+    patched = mods.inject.DiffStylerCrossLoRAInjector.execute(
+        tiny.model, styles, 0.6, 0.5, "adaptive", True, "feature"
+    ).args[0]
     rows = []
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "rows",
-                                 lambda ex, x, *a, **kw: rows.append(x.shape[0]) or ex(x, *a, **kw))
+    patched.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+        "rows",
+        lambda ex, x, *a, **kw: rows.append(x.shape[0]) or ex(x, *a, **kw),
+    )
     feat = run(mods, patched, inverted, prompts, styles)
     assert rows[0] == 3 and rows[-1] == 2, rows
     noise = run(mods, inject(mods, tiny.model, styles, 0.6, 0.5), inverted, prompts, styles)

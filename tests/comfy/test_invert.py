@@ -31,8 +31,19 @@ def ddim_sample_from(model, x_t_latent, steps, cond, cfg=1.0):
     import nodes
 
     (out,) = nodes.common_ksampler(
-        model, 0, steps, cfg, "ddim", "ddim_uniform", cond, cond, {"samples": x_t_latent}, disable_noise=True,
-        start_step=0, last_step=steps, force_full_denoise=True,
+        model,
+        0,
+        steps,
+        cfg,
+        "ddim",
+        "ddim_uniform",
+        cond,
+        cond,
+        {"samples": x_t_latent},
+        disable_noise=True,
+        start_step=0,
+        last_step=steps,
+        force_full_denoise=True,
     )
     return out["samples"]
 
@@ -133,8 +144,10 @@ def test_graph_inversion_runs_and_is_cached(tiny, run_graph, comfy_home):
         "2": {"class_type": "DiffStylerTestTinyVAE", "inputs": {"seed": 0}},
         "3": {"class_type": "LoadImage", "inputs": {"image": name}},
         "4": {"class_type": "VAEEncode", "inputs": {"pixels": ["3", 0], "vae": ["2", 0]}},
-        "5": {"class_type": "DiffStylerInvert", "inputs": {"model": ["1", 0], "latent": ["4", 0], "steps": 8,
-                                                           "clip": ["1", 1]}},
+        "5": {
+            "class_type": "DiffStylerInvert",
+            "inputs": {"model": ["1", 0], "latent": ["4", 0], "steps": 8, "clip": ["1", 1]},
+        },
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 1], "vae": ["2", 0]}},
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
     }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from comfyui_diffstyler.nodes.core import lora, masks, schedule
 from comfyui_diffstyler.nodes.core.inversion import InversionFingerprint
 

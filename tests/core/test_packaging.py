@@ -5,8 +5,9 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +49,7 @@ def test_pack_import_needs_no_comfy():
             else:
                 continue
             for m in mods:
-                assert not m.split(".")[0] in ("comfy", "comfy_api", "folder_paths", "nodes", "execution"), (path, m)
+                assert m.split(".")[0] not in ("comfy", "comfy_api", "folder_paths", "nodes", "execution"), (path, m)
 
 
 def test_no_v1_mappings_and_single_api_import():
@@ -60,6 +61,9 @@ def test_no_v1_mappings_and_single_api_import():
 
 
 def test_ultralytics_imported_in_one_module():
-    users = [p.relative_to(ROOT).as_posix() for p in (ROOT / "nodes").rglob("*.py")
-             if re.search(r"^\s*(import ultralytics|from ultralytics)", p.read_text(), re.M)]
+    users = [
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "nodes").rglob("*.py")
+        if re.search(r"^\s*(import ultralytics|from ultralytics)", p.read_text(), re.M)
+    ]
     assert users in ([], ["nodes/adapters/fastsam.py"]), users

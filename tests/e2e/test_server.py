@@ -7,8 +7,13 @@ import pytest
 pytestmark = pytest.mark.server
 
 CORE_NODES = {
-    "DiffStylerInvert", "DiffStylerStyleLoRA", "DiffStylerCrossLoRAInjector", "DiffStylerMaskedFusionSampler",
-    "DiffStylerGuider", "DiffStylerDDIMSampler", "DiffStylerInversionSigmas",
+    "DiffStylerInvert",
+    "DiffStylerStyleLoRA",
+    "DiffStylerCrossLoRAInjector",
+    "DiffStylerMaskedFusionSampler",
+    "DiffStylerGuider",
+    "DiffStylerDDIMSampler",
+    "DiffStylerInversionSigmas",
 }
 
 

@@ -35,8 +35,9 @@ class Server:
             return json.loads(data) if r.headers.get_content_type() == "application/json" else data
 
     def post(self, path: str, payload: dict, timeout: float = 30):
-        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, json.loads(r.read() or b"{}")
@@ -79,8 +80,19 @@ def start(comfy_root: Path, base: Path, pack_root: Path, support: Path, timeout:
     env["PYTHONPATH"] = str(support) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("YOLO_OFFLINE", "True")
     env.setdefault("YOLO_AUTOINSTALL", "False")
-    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
-           str(base), "--disable-auto-launch", "--dont-print-server"]
+    cmd = [
+        sys.executable,
+        "main.py",
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--base-directory",
+        str(base),
+        "--disable-auto-launch",
+        "--dont-print-server",
+    ]
     proc = subprocess.Popen(cmd, cwd=str(comfy_root), stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     server = Server(url=f"http://127.0.0.1:{port}", base=base, proc=proc, log=log)
     end = time.time() + timeout

@@ -40,12 +40,12 @@ def setup(root: Path, base: Path) -> ComfyHome:
     comfy.cli_args.args.cpu = True
     comfy.cli_args.args.disable_all_custom_nodes = True
     import comfy.model_management  # noqa: F401 - after args.cpu
+    import folder_paths
     import utils.extra_config  # noqa: F401 - before nodes, as main.py does
 
-    import folder_paths
-
-    home = ComfyHome(root=root, base=base, models=base / "models", input=base / "input", output=base / "output",
-                     temp=base / "temp")
+    home = ComfyHome(
+        root=root, base=base, models=base / "models", input=base / "input", output=base / "output", temp=base / "temp"
+    )
     for d in (home.input, home.output, home.temp):
         d.mkdir(parents=True, exist_ok=True)
     folder_paths.set_input_directory(str(home.input))
@@ -107,8 +107,7 @@ def tiny_models(home: ComfyHome) -> TinyModels:
 
     sd = comfy.utils.load_torch_file(str(path))
     model, clip = dst_tiny.load_checkpoint_state_dict(sd)
-    tm = TinyModels(model=model, clip=clip, vae=dst_tiny.tiny_vae(0), checkpoint=CHECKPOINT_NAME,
-                    checkpoint_path=path)
+    tm = TinyModels(model=model, clip=clip, vae=dst_tiny.tiny_vae(0), checkpoint=CHECKPOINT_NAME, checkpoint_path=path)
     _STATE["tiny"] = tm
     return tm
 
@@ -132,7 +131,9 @@ class StubServer:
 def make_executor():
     import execution
 
-    return execution.PromptExecutor(StubServer(), cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    return execution.PromptExecutor(
+        StubServer(), cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
+    )
 
 
 @dataclass
@@ -169,8 +170,13 @@ def run_prompt(executor, prompt: dict, expect_success: bool = True) -> GraphRun:
     if not valid[0]:
         if expect_success:
             raise AssertionError(f"prompt failed validation: {valid[1]} {valid[3]}")
-        return GraphRun(False, [("validation_error", {"error": valid[1], "node_errors": valid[3]})], {}, executor,
-                        error={"validation": valid[1], "node_errors": valid[3]})
+        return GraphRun(
+            False,
+            [("validation_error", {"error": valid[1], "node_errors": valid[3]})],
+            {},
+            executor,
+            error={"validation": valid[1], "node_errors": valid[3]},
+        )
     server = executor.server
     start = len(server.messages)
     executor.execute(prompt, prompt_id, {"client_id": "tests"}, valid[2])

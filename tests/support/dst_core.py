@@ -9,8 +9,13 @@ import torch
 
 def attention_weight_keys(model, limit: int | None = None) -> list[str]:
     """UNet attention projection weight keys (to_q/to_k/to_v/to_out.0) of ``model``."""
-    keys = [k for k in model.model.state_dict() if k.startswith("diffusion_model.") and k.endswith(".weight")
-            and any(p in k for p in (".to_q.", ".to_k.", ".to_v.", ".to_out.0."))]
+    keys = [
+        k
+        for k in model.model.state_dict()
+        if k.startswith("diffusion_model.")
+        and k.endswith(".weight")
+        and any(p in k for p in (".to_q.", ".to_k.", ".to_v.", ".to_out.0."))
+    ]
     return keys[:limit] if limit else keys
 
 
@@ -31,7 +36,7 @@ def random_lora(model, rank: int = 4, seed: int = 0, fmt: str = "kohya", scale: 
         down = torch.randn(rank, in_dim, generator=g) * scale / math.sqrt(in_dim)
         up = torch.randn(out_dim, rank, generator=g) * scale / math.sqrt(rank)
         if fmt == "kohya":
-            base = "lora_unet_" + key[len("diffusion_model."):-len(".weight")].replace(".", "_")
+            base = "lora_unet_" + key[len("diffusion_model.") : -len(".weight")].replace(".", "_")
             out[base + ".lora_down.weight"] = down
             out[base + ".lora_up.weight"] = up
             out[base + ".alpha"] = torch.tensor(float(rank) / 2)
@@ -55,7 +60,18 @@ def plain_ddim(model, x_t_latent, steps, positive, negative, cfg):
     import nodes
 
     (out,) = nodes.common_ksampler(
-        model, 0, steps, cfg, "ddim", "ddim_uniform", positive, negative, {"samples": x_t_latent},
-        disable_noise=True, start_step=0, last_step=steps, force_full_denoise=True,
+        model,
+        0,
+        steps,
+        cfg,
+        "ddim",
+        "ddim_uniform",
+        positive,
+        negative,
+        {"samples": x_t_latent},
+        disable_noise=True,
+        start_step=0,
+        last_step=steps,
+        force_full_denoise=True,
     )
     return out["samples"]

@@ -114,7 +114,10 @@ TINY_VAE_CONFIG = {
 class TinyClip(comfy.sd1_clip.SDClipModel):
     def __init__(self, device="cpu", dtype=None, model_options={}):  # noqa: B006 - ComfyUI's signature
         super().__init__(
-            device=device, dtype=dtype, model_options=model_options, textmodel_json_config=dict(TINY_CLIP_CONFIG),
+            device=device,
+            dtype=dtype,
+            model_options=model_options,
+            textmodel_json_config=dict(TINY_CLIP_CONFIG),
             return_projected_pooled=False,
         )
 
@@ -141,8 +144,13 @@ class TinySD15(comfy.supported_models.SD15):
 
 
 class TinySD2V(comfy.supported_models.SD20):
-    unet_config = {"context_dim": CONTEXT_DIM, "model_channels": 32, "use_linear_in_transformer": True,
-                   "adm_in_channels": None, "use_temporal_attention": False}
+    unet_config = {
+        "context_dim": CONTEXT_DIM,
+        "model_channels": 32,
+        "use_linear_in_transformer": True,
+        "adm_in_channels": None,
+        "use_temporal_attention": False,
+    }
     unet_extra_config = {"num_heads": -1, "num_head_channels": 16}
 
     def __init__(self, unet_config, v_prediction=True):
@@ -154,8 +162,14 @@ class TinySD2V(comfy.supported_models.SD20):
 
 
 class TinySDXL(comfy.supported_models.SDXL):
-    unet_config = {"model_channels": 32, "use_linear_in_transformer": True, "transformer_depth": [0, 0, 1, 1, 1, 1],
-                   "context_dim": CONTEXT_DIM, "adm_in_channels": CONTEXT_DIM + 6 * 256, "use_temporal_attention": False}
+    unet_config = {
+        "model_channels": 32,
+        "use_linear_in_transformer": True,
+        "transformer_depth": [0, 0, 1, 1, 1, 1],
+        "context_dim": CONTEXT_DIM,
+        "adm_in_channels": CONTEXT_DIM + 6 * 256,
+        "use_temporal_attention": False,
+    }
 
 
 if TinySD15 not in comfy.supported_models.models:
@@ -180,8 +194,11 @@ def randomize_state_dict(sd: dict, seed: int) -> dict:
             if "embedding" in k:
                 t = torch.randn(v.shape, generator=g) * 0.02
         elif "norm" in k or "ln_" in k or k.endswith("layer_norm1.weight") or k.endswith("layer_norm2.weight"):
-            t = (torch.ones(v.shape) + 0.01 * torch.randn(v.shape, generator=g)) if k.endswith("weight") else (
-                0.01 * torch.randn(v.shape, generator=g))
+            t = (
+                (torch.ones(v.shape) + 0.01 * torch.randn(v.shape, generator=g))
+                if k.endswith("weight")
+                else (0.01 * torch.randn(v.shape, generator=g))
+            )
         else:
             t = 0.01 * torch.randn(v.shape, generator=g)
         if k.startswith(ZERO_INIT_OUT):
@@ -203,7 +220,7 @@ def tiny_sd15_checkpoint_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     out = {"model." + k: v for k, v in unet.items() if k.startswith("diffusion_model.")}
     for k, v in clip_sd.items():
         if k.startswith("clip_l."):
-            out["cond_stage_model." + k[len("clip_l."):]] = v
+            out["cond_stage_model." + k[len("clip_l.") :]] = v
     return out
 
 
@@ -224,7 +241,8 @@ def tiny_vae(seed: int = 0) -> comfy.sd.VAE:
 
 def _patcher(model) -> comfy.model_patcher.ModelPatcher:
     return comfy.model_patcher.ModelPatcher(
-        model, load_device=comfy.model_management.get_torch_device(),
+        model,
+        load_device=comfy.model_management.get_torch_device(),
         offload_device=comfy.model_management.unet_offload_device(),
     )
 

@@ -18,9 +18,8 @@ if _SUPPORT not in sys.path:
 
 
 async def comfy_entrypoint():
-    from comfy_api.latest import ComfyExtension, io
-
     import dst_tiny
+    from comfy_api.latest import ComfyExtension, io
 
     _vae_cache: dict = {}
 
