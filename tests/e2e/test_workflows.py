@@ -1,0 +1,313 @@
+"""Shipped example workflows and the headless runner (issue #6).
+
+Every file in workflows/ is checked against the live node specs (links, socket types, one widget value per
+frontend widget), converted to an API prompt with tests/support/workflow_tools.py and run end to end through
+ComfyUI's PromptExecutor on the tiny models. The runner (scripts/diffstyler_run.py) runs in a subprocess as
+the README tells users to run it (demo mode), with options, and with bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dst_core
+import fastsam_fixtures as ff
+import numpy as np
+import pytest
+import safetensors.torch
+import workflow_tools as wt
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNNER = ROOT / "scripts" / "diffstyler_run.py"
+SHIPPED = {
+    "diffstyler_one_style.json": 1,
+    "diffstyler_two_styles.json": 2,
+    "diffstyler_train_and_stylize.json": 1,
+}
+PLACEHOLDERS = ("v1-5-pruned-emaonly.safetensors", "my_style.safetensors", "FastSAM-s.pt")
+FASTSAM = "wf_fastsam_dense.pt"
+LORAS = ("wf_style_1.safetensors", "wf_style_2.safetensors")
+CONTENT = (96, 128)  # height, width: FastSAM letterboxes it to imgsz 128
+IMGSZ = 128
+
+
+def _load(name: str) -> dict:
+    return json.loads((ROOT / "workflows" / name).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def yolo_config(tmp_path_factory):
+    """ultralytics writes its settings file on import: keep it out of the home folder."""
+    mp = pytest.MonkeyPatch()
+    if "ultralytics" not in sys.modules:
+        mp.setenv("YOLO_CONFIG_DIR", str(tmp_path_factory.mktemp("yolo_config")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def infos(comfy_home):
+    return wt.object_info()
+
+
+@pytest.fixture(scope="module")
+def assets(tiny, comfy_home):
+    """Random LoRAs, a FastSAM that detects (see fastsam_fixtures), a content and a style picture."""
+    for i, name in enumerate(LORAS):
+        safetensors.torch.save_file(
+            dst_core.random_lora(tiny.model, seed=60 + i), str(comfy_home.models / "loras" / name)
+        )
+    ff.save_fastsam(comfy_home.models / "fastsam" / FASTSAM, seed=0, class_bias=2.0)
+    Image.fromarray(ff.scene(*CONTENT, seed=3)).save(comfy_home.input / "wf_content.png")
+    Image.fromarray(ff.scene(64, 64, seed=4)).save(comfy_home.input / "wf_style.png")
+    return comfy_home
+
+
+def tiny_workflow(name: str, infos: dict, steps: int = 4) -> dict:
+    """The shipped workflow on the tiny models and test pictures, with few steps and prompts inside the picture."""
+    wf = wt.use_tiny_models(_load(name), infos, "diffstyler_tiny_sd15.safetensors", list(LORAS), FASTSAM)
+    trainers = wt.nodes_of_type(wf, "DiffStylerTrainStyleLoRA")
+    style_images = {wt.upstream(wf, t, "image")[0]["id"] for t in trainers}
+    for n in wt.nodes_of_type(wf, "LoadImage"):
+        wt.set_widget(infos, n, "image", "wf_style.png" if n["id"] in style_images else "wf_content.png")
+    for t in trainers:
+        for key, value in (("steps", 2), ("resolution", 64), ("rank", 4)):
+            wt.set_widget(infos, t, key, value)
+    for n in wt.nodes_of_type(wf, "DiffStylerInvert"):
+        wt.set_widget(infos, n, "steps", steps)
+    h, w = CONTENT
+    for i, n in enumerate(wt.nodes_of_type(wf, "DiffStylerFastSAMMask")):
+        wt.set_widget(infos, n, "imgsz", IMGSZ)
+        wt.set_widget(infos, n, "points", json.dumps([{"x": w // 3 + 40 * i, "y": h // 2, "label": 1}]))
+    return wf
+
+
+# ------------------------------------------------------------------ the files
+
+
+def test_the_three_workflows_are_shipped():
+    names = {p.name for p in (ROOT / "workflows").glob("*.json")}
+    assert set(SHIPPED) <= names, f"missing: {set(SHIPPED) - names}"
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_workflow_file_is_sound(name, infos):
+    wf = _load(name)
+    assert wt.check_workflow(wf, infos) == []
+    notes = [n for n in wf["nodes"] if n["type"] in wt.NOTE_TYPES]
+    assert len(notes) >= 3, "each step is explained by a Note"
+    for n in wf["nodes"]:
+        if n["type"] not in wt.NOTE_TYPES:
+            assert n["properties"].get("Node name for S&R") == n["type"]
+    styles = wt.style_chain(wf)
+    assert len(styles) == SHIPPED[name]
+    for style in styles:
+        mask = wt.upstream(wf, style, "mask")[0]
+        assert mask["type"] == "DiffStylerFastSAMMask" and wt.get_widget(infos, mask, "mode") == "points"
+        assert wt.upstream(wf, style, "conditioning")[0]["type"] == "CLIPTextEncode"
+    ckpts = wt.nodes_of_type(wf, "CheckpointLoaderSimple")
+    assert [wt.get_widget(infos, c, "ckpt_name") for c in ckpts] == [PLACEHOLDERS[0]]
+    assert {wt.get_widget(infos, f, "model_name") for f in wt.nodes_of_type(wf, "DiffStylerFastSAMLoader")} == {
+        PLACEHOLDERS[2]
+    }
+    assert wt.nodes_of_type(wf, "SaveImage"), "the result is saved"
+    prompt = wt.ui_to_api(wf, infos)
+    assert not {v["class_type"] for v in prompt.values()} & set(wt.NOTE_TYPES)
+
+
+def test_two_styles_is_the_deer_and_grass_demo(infos):
+    wf = _load("diffstyler_two_styles.json")
+    texts = []
+    loras = []
+    for style in wt.style_chain(wf):
+        texts.append(wt.get_widget(infos, wt.upstream(wf, style, "conditioning")[0], "text"))
+        loras.append(wt.get_widget(infos, style, "lora_name"))
+    assert texts[-1] == "painting of <sss>, deer", "the deer is the last style so that it wins overlaps"
+    assert "grass" in texts[0] and len(set(loras)) == 2 and PLACEHOLDERS[1] in loras
+
+
+def test_train_workflow_feeds_the_trained_lora(infos):
+    wf = _load("diffstyler_train_and_stylize.json")
+    (style,) = wt.style_chain(wf)
+    src = wt.upstream(wf, style, "lora")
+    assert src is not None and src[0]["type"] == "DiffStylerTrainStyleLoRA" and src[1] == 0
+    assert wt.get_widget(infos, style, "lora_name") == "None"
+
+
+def test_readme_explains_placeholders_and_runner():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for text in (*PLACEHOLDERS, "scripts/diffstyler_run.py", "--workflow workflows/diffstyler_two_styles.json"):
+        assert text in readme, f"README does not mention {text}"
+
+
+# ------------------------------------------------------------------ the converter
+
+
+def test_converter_follows_the_frontend_widget_rules(infos):
+    wf = {"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "version": 0.4}
+    img = wt.add_node(wf, infos, "LoadImage", (0, 0), ["pic.png", "image"])
+    ks = wt.add_node(wf, infos, "KSampler", (0, 0), [7, "fixed", 12, 6.5, "euler", "normal", 0.75])
+    vae = wt.add_node(wf, infos, "DiffStylerTestTinyVAE", (0, 0), [3, "randomize"])
+    enc = wt.add_node(wf, infos, "VAEEncode", (0, 0))
+    train = wt.add_node(wf, infos, "DiffStylerTrainStyleLoRA", (0, 0))
+    wt.add_node(wf, infos, "Note", (0, 0), ["a note"])
+    wt.connect(wf, img, 0, enc, "pixels")
+    wt.connect(wf, vae, 0, enc, "vae")
+    wt.connect(wf, enc, 0, ks, "latent_image")
+    api = wt.ui_to_api(wf, infos)
+    assert len(api) == 5, "the Note is skipped"
+    assert api[str(img["id"])]["inputs"] == {"image": "pic.png"}, "the upload button is no input"
+    assert api[str(ks["id"])]["inputs"] == {
+        "seed": 7,
+        "steps": 12,
+        "cfg": 6.5,
+        "sampler_name": "euler",
+        "scheduler": "normal",
+        "denoise": 0.75,
+        "latent_image": [str(enc["id"]), 0],
+    }, "control_after_generate follows the seed and is dropped"
+    assert api[str(vae["id"])]["inputs"] == {"seed": 3}
+    assert api[str(enc["id"])]["inputs"] == {"pixels": [str(img["id"]), 0], "vae": [str(vae["id"]), 0]}
+    # the trainer's seed asks for no control widget; its optional save_name is a widget too
+    widgets = [w.name for w in wt.frontend_widgets(infos["DiffStylerTrainStyleLoRA"])]
+    assert widgets[-3:] == ["seed", "resolution", "save_name"]
+    assert api[str(train["id"])]["inputs"]["prompt"] == "painting of <sss>"
+    # a shorter widgets_values takes defaults (as the frontend does), a longer one is refused
+    ks["widgets_values"] = [5, "fixed"]
+    assert wt.ui_to_api(wf, infos)[str(ks["id"])]["inputs"]["steps"] == 20
+    ks["widgets_values"] = [1, "fixed", 12, 6.5, "euler", "normal", 0.75, "extra"]
+    with pytest.raises(ValueError, match="8 widget values but the node has 7 widgets"):
+        wt.ui_to_api(wf, infos)
+    ks["widgets_values"] = [1, "fixed", 12, 6.5, "euler", "normal", 0.75]
+    ks["mode"] = wt.MODE_MUTED
+    assert str(ks["id"]) not in wt.ui_to_api(wf, infos)
+    ks["mode"] = wt.MODE_BYPASS
+    with pytest.raises(ValueError, match="bypassed"):
+        wt.ui_to_api(wf, infos)
+    ks["mode"] = 0
+    wf["nodes"].append(dict(ks, id=99, type="NoSuchNode"))
+    with pytest.raises(ValueError, match="NoSuchNode"):
+        wt.ui_to_api(wf, infos)
+
+
+def test_check_workflow_finds_broken_files(infos):
+    wf = _load("diffstyler_one_style.json")
+    sampler = wt.nodes_of_type(wf, "DiffStylerMaskedFusionSampler")[0]
+    sampler["widgets_values"] = [10.5]
+    wt.disconnect(wf, next(i["link"] for i in sampler["inputs"] if i["name"] == "inversion"))
+    wt.set_widget(infos, wt.nodes_of_type(wf, "DiffStylerCrossLoRAInjector")[0], "qk_blend", "sideways")
+    injector = wt.nodes_of_type(wf, "DiffStylerCrossLoRAInjector")[0]
+    model_link = next(link for link in wf["links"] if link[3] == injector["id"] and link[5] == "MODEL")
+    model_link[5] = "IMAGE"
+    problems = "\n".join(wt.check_workflow(wf, infos))
+    assert "1 widget values for 2 widgets" in problems
+    assert "required input inversion (DIFFSTYLER_INVERSION) is not connected" in problems
+    assert "qk_blend = 'sideways'" in problems
+    assert f"link {model_link[0]}: type IMAGE but node" in problems
+
+
+# ------------------------------------------------------------------ end to end, headless
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_workflow_runs_headless(name, infos, assets, run_graph):
+    wf = tiny_workflow(name, infos)
+    assert wt.check_workflow(wf, infos) == []
+    prompt = wt.ui_to_api(wf, infos)
+    result = run_graph(prompt)
+    (save,) = wt.nodes_of_type(wf, "SaveImage")
+    files = result.ui[str(save["id"])]["images"]
+    assert len(files) == 1
+    out = assets.output / files[0].get("subfolder", "") / files[0]["filename"]
+    with Image.open(out) as im:
+        assert im.size == (CONTENT[1], CONTENT[0])
+        pixels = np.asarray(im.convert("RGB"), dtype=np.float32)
+    assert pixels.std() > 1.0, "a picture, not a flat fill"
+    for mask_node in wt.nodes_of_type(wf, "DiffStylerFastSAMMask"):
+        mask = result.outputs(str(mask_node["id"]))[0][0]
+        assert tuple(mask.shape) == (1, *CONTENT) and float(mask.min()) >= 0 and float(mask.max()) <= 1
+    for trainer in wt.nodes_of_type(wf, "DiffStylerTrainStyleLoRA"):
+        lora = result.outputs(str(trainer["id"]))[0][0]
+        assert lora and all(k.startswith("lora_unet_") for k in lora)
+        (loss,) = [t for t, _ in wt.downstream(wf, trainer, 1)]
+        assert result.ui[str(loss["id"])]["images"], "the loss curve is previewed"
+
+
+# ------------------------------------------------------------------ the runner
+
+
+def _runner(args: list[str], tmp_path: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    import conftest
+
+    env = dict(os.environ, COMFYUI_PATH=str(conftest.COMFYUI), YOLO_CONFIG_DIR=str(tmp_path / "yolo"))
+    return subprocess.run(
+        [sys.executable, str(RUNNER), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    path = tmp_path / "photo.png"
+    Image.fromarray(ff.scene(300, 400, seed=5)).save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_runner_readme_command_demo_mode(comfy_home, tmp_path, photo):
+    """The README's command, as written, on a fresh setup (no checkpoint): demo mode end to end."""
+    out = tmp_path / "out.png"
+    wf = str(ROOT / "workflows" / "diffstyler_two_styles.json")
+    proc = _runner(["--workflow", wf, "--image", str(photo), "--output", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "demo mode: random-weight tiny models, the picture is noise-like; pass --checkpoint" in proc.stdout
+    with Image.open(out) as im:
+        assert im.size == (256, 192), "demo mode shrinks the picture to 256 on the long side"
+        saved = json.loads(im.info["workflow"])
+    assert {n["type"] for n in saved["nodes"]} >= {"DiffStylerMaskedFusionSampler", "DiffStylerTestTinyVAE"}
+
+
+@pytest.mark.slow
+def test_runner_options_and_errors(comfy_home, tmp_path, photo):
+    out = tmp_path / "one.png"
+    base = ["--workflow", "one_style", "--image", str(photo), "--output", str(out)]
+    opts = [
+        "--points",
+        '[{"x": 80, "y": 100, "label": 1}]',
+        "--prompt",
+        "painting of <sss>, a box",
+        "--steps",
+        "3",
+        "--cfg",
+        "5",
+        "--max-size",
+        "128",
+        "--imgsz",
+        "128",
+    ]
+    proc = _runner(base + opts, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with Image.open(out) as im:
+        assert im.size == (128, 96)
+        prompt = json.loads(im.info["prompt"])
+    by_type = {v["class_type"]: v["inputs"] for v in prompt.values()}
+    # pixel (80, 100) of the 400x300 photo is pixel (25, 32) of the 128x96 picture the run used
+    assert by_type["DiffStylerFastSAMMask"]["points"] == '[{"x": 25, "y": 32, "label": 1}]'
+    assert by_type["DiffStylerFastSAMMask"]["mode"] == "points"
+    assert by_type["DiffStylerInvert"]["steps"] == 3 and by_type["DiffStylerMaskedFusionSampler"]["cfg"] == 5
+    texts = {v["inputs"].get("text") for v in prompt.values() if v["class_type"] == "CLIPTextEncode"}
+    assert "painting of <sss>, a box" in texts
+    # errors: one line on stderr, non-zero status
+    missing = _runner(
+        ["--workflow", "one_style", "--image", str(tmp_path / "nope.png"), "--output", str(out)], tmp_path, timeout=120
+    )
+    assert missing.returncode == 2 and "--image" in missing.stderr and "does not exist" in missing.stderr
+    outside = _runner(base + ["--points", '[{"x": 500, "y": 10}]'], tmp_path, timeout=300)
+    assert outside.returncode == 2, outside.stdout + outside.stderr
+    assert "style 1 (points)" in outside.stderr and "outside the 400x300 image" in outside.stderr
+    too_many = _runner(base + ["--prompt", "a", "--prompt", "b"], tmp_path, timeout=300)
+    assert too_many.returncode == 2 and "--prompt: given 2 times but the workflow has 1 style(s)" in too_many.stderr

@@ -1,0 +1,439 @@
+"""UI workflows (the LiteGraph JSON the ComfyUI frontend saves) for tests and the headless runner.
+
+* :func:`object_info` - ``/object_info``-style node specs from the in-process ``nodes.NODE_CLASS_MAPPINGS``
+  (a live server's ``/object_info`` has the same shape and works everywhere a spec dict is taken).
+* :func:`frontend_widgets` - the widgets the frontend (1.35, ComfyUI v0.8.0) builds for a node, in order:
+  the widget inputs of ``required`` then ``optional`` in ``input_order``, a ``control_after_generate`` value
+  after seed-like INTs (and any input that asks for one), an ``upload`` button after the required inputs of
+  image loaders. ``widgets_values`` holds one value per widget in that order.
+* :func:`ui_to_api` - UI workflow -> API prompt (what ``app.graphToPrompt()`` sends), skipping Note nodes.
+* :func:`check_workflow` - structural checks a shipped workflow must pass (links, types, widget counts).
+* graph edits used by the tests and the runner: widgets by name, upstream nodes, the style chain, adding
+  nodes, and :func:`use_tiny_models` (swaps model names and routes the VAE to the test pack's tiny VAE).
+
+Nothing here imports ComfyUI at module import time.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+NOTE_TYPES = ("Note", "MarkdownNote")
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+SEED_NAMES = ("seed", "noise_seed")
+UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
+# Combo inputs whose options are file lists: a placeholder model name there is expected, not an error.
+FILE_INPUTS = ("ckpt_name", "lora_name", "model_name", "image", "vae_name", "clip_folder")
+MODE_MUTED, MODE_BYPASS = 2, 4
+TINY_VAE_NODE = "DiffStylerTestTinyVAE"
+
+
+@dataclass(frozen=True)
+class Widget:
+    """One frontend widget: ``input`` is False for widgets that are not node inputs (control, upload)."""
+
+    name: str
+    input: bool = True
+    kind: str = ""
+
+
+# ------------------------------------------------------------------ node specs
+
+
+def object_info(class_types=None) -> dict:
+    """``/object_info`` entries for the registered node classes (ComfyUI must be imported and set up)."""
+    from comfy_api.internal import _ComfyNodeInternal
+
+    import nodes
+
+    out = {}
+    for name in class_types or list(nodes.NODE_CLASS_MAPPINGS):
+        cls = nodes.NODE_CLASS_MAPPINGS[name]
+        if issubclass(cls, _ComfyNodeInternal):
+            out[name] = cls.GET_NODE_INFO_V1()
+            continue
+        types = cls.INPUT_TYPES()
+        out[name] = {
+            "input": types,
+            "input_order": {k: list(v) for k, v in types.items()},
+            "output": list(cls.RETURN_TYPES),
+            "output_name": list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES),
+            "name": name,
+            "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name),
+        }
+    return out
+
+
+def _kind(spec) -> str:
+    t = spec[0]
+    return "COMBO" if isinstance(t, (list, tuple)) else str(t)
+
+
+def _opts(spec) -> dict:
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
+def _ordered(info: dict, section: str) -> list[tuple[str, list]]:
+    specs = info.get("input", {}).get(section, {}) or {}
+    order = (info.get("input_order") or {}).get(section) or list(specs)
+    return [(name, specs[name]) for name in order if name in specs]
+
+
+def is_widget(spec) -> bool:
+    return _kind(spec) in WIDGET_TYPES and not _opts(spec).get("forceInput")
+
+
+def frontend_widgets(info: dict) -> list[Widget]:
+    """The node's widgets in the order the frontend builds them (= the order of ``widgets_values``)."""
+    out: list[Widget] = []
+    for section in ("required", "optional"):
+        upload = False
+        for name, spec in _ordered(info, section):
+            if not is_widget(spec):
+                continue
+            kind, opts = _kind(spec), _opts(spec)
+            out.append(Widget(name, True, kind))
+            control = opts.get("control_after_generate", name in SEED_NAMES) if kind == "INT" else False
+            if kind == "COMBO":
+                control = bool(opts.get("control_after_generate"))
+                upload = upload or (section == "required" and any(opts.get(f) for f in UPLOAD_FLAGS))
+            if control:
+                out.append(Widget("control_after_generate", False, "COMBO"))
+        if upload:
+            out.append(Widget("upload", True, "IMAGEUPLOAD"))
+    return out
+
+
+def socket_inputs(info: dict) -> list[tuple[str, str, bool]]:
+    """(name, type, optional) of the inputs that are sockets only (no widget), in frontend order."""
+    return [
+        (name, _kind(spec), section == "optional")
+        for section in ("required", "optional")
+        for name, spec in _ordered(info, section)
+        if not is_widget(spec)
+    ]
+
+
+def _spec(info: dict, name: str):
+    for section in ("required", "optional"):
+        spec = (info.get("input", {}).get(section) or {}).get(name)
+        if spec is not None:
+            return spec
+    return None
+
+
+def _info(infos: dict, node: dict) -> dict:
+    info = infos.get(node["type"])
+    if info is None:
+        raise ValueError(
+            f"node {node['id']} has type {node['type']!r}, which this ComfyUI does not know: install the node pack "
+            "that provides it (is comfyui-diffstyler in custom_nodes?)"
+        )
+    return info
+
+
+# ------------------------------------------------------------------ UI -> API
+
+
+def ui_to_api(workflow: dict, infos: dict) -> dict:
+    """Convert a UI workflow to an API prompt ``{id: {"class_type", "inputs", "_meta"}}``.
+
+    Widget values are mapped to input names with :func:`frontend_widgets`; values of widgets that are not
+    inputs (control_after_generate, upload) are dropped; a linked input becomes ``[str(from_id), from_slot]``.
+    Note nodes and muted nodes (mode 2) are skipped; bypassed nodes (mode 4) are refused.
+    """
+    links = {link[0]: link for link in workflow.get("links", [])}
+    nodes_by_id = {n["id"]: n for n in workflow.get("nodes", [])}
+    prompt: dict = {}
+    for node in workflow.get("nodes", []):
+        if node["type"] in NOTE_TYPES or node.get("mode", 0) == MODE_MUTED:
+            continue
+        if node.get("mode", 0) == MODE_BYPASS:
+            raise ValueError(f"node {node['id']} ({node['type']}) is bypassed: un-bypass it or remove it")
+        info = _info(infos, node)
+        inputs: dict = {}
+        for widget, value in zip(frontend_widgets(info), _widget_values(node, info)):
+            if widget.input and widget.kind != "IMAGEUPLOAD":
+                inputs[widget.name] = value
+        for inp in node.get("inputs") or []:
+            link_id = inp.get("link")
+            if link_id is None:
+                continue
+            link = links.get(link_id)
+            if link is None:
+                raise ValueError(f"node {node['id']} input {inp['name']!r}: link {link_id} is not in 'links'")
+            origin = nodes_by_id.get(link[1])
+            if origin is None or origin.get("mode", 0) == MODE_MUTED:
+                continue
+            inputs[inp["name"]] = [str(link[1]), link[2]]
+        title = node.get("title") or info.get("display_name") or node["type"]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs, "_meta": {"title": title}}
+    return prompt
+
+
+def _widget_values(node: dict, info: dict) -> list:
+    values = node.get("widgets_values") or []
+    widgets = frontend_widgets(info)
+    if isinstance(values, dict):  # some frontends save {name: value}
+        return [values.get(w.name) for w in widgets]
+    if len(values) > len(widgets):
+        raise ValueError(
+            f"node {node['id']} ({node['type']}) has {len(values)} widget values but the node has {len(widgets)} "
+            f"widgets ({', '.join(w.name for w in widgets)}): the workflow was saved for another version of the node"
+        )
+    defaults = [_default(info, w) for w in widgets[len(values) :]]
+    return list(values) + defaults
+
+
+def _default(info: dict, widget: Widget):
+    spec = _spec(info, widget.name)
+    if spec is None:
+        return "fixed" if widget.name == "control_after_generate" else "image"
+    if "default" in _opts(spec):
+        return _opts(spec)["default"]
+    if isinstance(spec[0], (list, tuple)):
+        return spec[0][0] if spec[0] else None
+    options = _opts(spec).get("options")
+    return options[0] if options else None
+
+
+# ------------------------------------------------------------------ checks
+
+
+def check_workflow(workflow: dict, infos: dict) -> list[str]:
+    """Problems that would stop the workflow from loading or running as saved; ``[]`` when it is sound."""
+    problems: list[str] = []
+    nodes_by_id: dict = {}
+    for node in workflow.get("nodes", []):
+        if node["id"] in nodes_by_id:
+            problems.append(f"node id {node['id']} is used twice")
+        nodes_by_id[node["id"]] = node
+    links = {}
+    for link in workflow.get("links", []):
+        if len(link) != 6:
+            problems.append(f"link {link} is not [id, from, from_slot, to, to_slot, type]")
+            continue
+        links[link[0]] = link
+    if workflow.get("version") != 0.4:
+        problems.append(f"version is {workflow.get('version')!r}, expected 0.4")
+    if nodes_by_id and workflow.get("last_node_id", -1) < max(nodes_by_id):
+        problems.append("last_node_id is smaller than the largest node id")
+    if links and workflow.get("last_link_id", -1) < max(links):
+        problems.append("last_link_id is smaller than the largest link id")
+    for link_id, (_, src, src_slot, dst, dst_slot, typ) in links.items():
+        a, b = nodes_by_id.get(src), nodes_by_id.get(dst)
+        if a is None or b is None:
+            problems.append(f"link {link_id} joins missing nodes {src} -> {dst}")
+            continue
+        outs, ins = a.get("outputs") or [], b.get("inputs") or []
+        if src_slot >= len(outs) or link_id not in (outs[src_slot].get("links") or []):
+            problems.append(f"link {link_id}: node {src} output {src_slot} does not list it")
+        elif outs[src_slot]["type"] != typ:
+            problems.append(f"link {link_id}: type {typ} but node {src} output {src_slot} is {outs[src_slot]['type']}")
+        if dst_slot >= len(ins) or ins[dst_slot].get("link") != link_id:
+            problems.append(f"link {link_id}: node {dst} input {dst_slot} does not hold it")
+        elif ins[dst_slot]["type"] not in (typ, "*") and not (ins[dst_slot]["type"] == "COMBO" and typ == "COMBO"):
+            problems.append(
+                f"link {link_id}: a {typ} goes into node {dst} input {ins[dst_slot]['name']} ({ins[dst_slot]['type']})"
+            )
+    for node in nodes_by_id.values():
+        where = f"node {node['id']} ({node['type']})"
+        for inp in node.get("inputs") or []:
+            if inp.get("link") is not None and inp["link"] not in links:
+                problems.append(f"{where} input {inp['name']}: link {inp['link']} is missing from 'links'")
+        for out in node.get("outputs") or []:
+            for link_id in out.get("links") or []:
+                if link_id not in links:
+                    problems.append(f"{where} output {out['name']}: link {link_id} is missing from 'links'")
+        if node["type"] in NOTE_TYPES:
+            text = (node.get("widgets_values") or [""])[0]
+            if not isinstance(text, str) or not text.strip():
+                problems.append(f"{where} has no text")
+            continue
+        info = infos.get(node["type"])
+        if info is None:
+            problems.append(f"{where}: unknown node type")
+            continue
+        linked = {i["name"] for i in node.get("inputs") or [] if i.get("link") is not None}
+        for name, typ, optional in socket_inputs(info):
+            if not optional and name not in linked:
+                problems.append(f"{where}: required input {name} ({typ}) is not connected")
+        widgets = frontend_widgets(info)
+        values = node.get("widgets_values") or []
+        if len(values) != len(widgets):
+            problems.append(
+                f"{where}: {len(values)} widget values for {len(widgets)} widgets "
+                f"({', '.join(w.name for w in widgets)})"
+            )
+            continue
+        for widget, value in zip(widgets, values):
+            spec = _spec(info, widget.name) if widget.input else None
+            if spec is None or _kind(spec) != "COMBO" or widget.name in FILE_INPUTS:
+                continue
+            options = spec[0] if isinstance(spec[0], (list, tuple)) else _opts(spec).get("options", [])
+            if value not in options:
+                problems.append(f"{where}: {widget.name} = {value!r} is not one of {options}")
+    return problems
+
+
+# ------------------------------------------------------------------ graph queries and edits
+
+
+def node(workflow: dict, node_id) -> dict:
+    for n in workflow["nodes"]:
+        if n["id"] == int(node_id):
+            return n
+    raise KeyError(f"no node {node_id}")
+
+
+def nodes_of_type(workflow: dict, node_type: str) -> list[dict]:
+    return sorted((n for n in workflow["nodes"] if n["type"] == node_type), key=lambda n: n["id"])
+
+
+def _link(workflow: dict, link_id):
+    return next(link for link in workflow["links"] if link[0] == link_id)
+
+
+def upstream(workflow: dict, target: dict, input_name: str) -> tuple[dict, int] | None:
+    """(node, output slot) linked into ``target``'s input ``input_name``, or None."""
+    for inp in target.get("inputs") or []:
+        if inp["name"] == input_name and inp.get("link") is not None:
+            link = _link(workflow, inp["link"])
+            return node(workflow, link[1]), link[2]
+    return None
+
+
+def downstream(workflow: dict, source: dict, slot: int) -> list[tuple[dict, str]]:
+    """(node, input name) fed by ``source``'s output ``slot``."""
+    out = []
+    for link in workflow["links"]:
+        if link[1] == source["id"] and link[2] == slot:
+            target = node(workflow, link[3])
+            out.append((target, target["inputs"][link[4]]["name"]))
+    return out
+
+
+def widget_index(infos: dict, n: dict, name: str) -> int:
+    for i, w in enumerate(frontend_widgets(_info(infos, n))):
+        if w.name == name:
+            return i
+    raise KeyError(f"node {n['id']} ({n['type']}) has no widget {name!r}")
+
+
+def get_widget(infos: dict, n: dict, name: str):
+    return _widget_values(n, _info(infos, n))[widget_index(infos, n, name)]
+
+
+def set_widget(infos: dict, n: dict, name: str, value) -> None:
+    values = _widget_values(n, _info(infos, n))
+    values[widget_index(infos, n, name)] = value
+    n["widgets_values"] = values
+
+
+def style_chain(workflow: dict) -> list[dict]:
+    """The Style LoRA Loader nodes in chain order (style 1 first: its ``styles`` input is not connected)."""
+    loaders = nodes_of_type(workflow, "DiffStylerStyleLoRA")
+    heads = [n for n in loaders if upstream(workflow, n, "styles") is None]
+    chain: list[dict] = []
+    for head in heads:
+        current = head
+        while current is not None and current not in chain:
+            chain.append(current)
+            nxt = [
+                t
+                for t, name in downstream(workflow, current, 0)
+                if t["type"] == "DiffStylerStyleLoRA" and name == "styles"
+            ]
+            current = nxt[0] if nxt else None
+    return chain + [n for n in loaders if n not in chain]
+
+
+def add_node(workflow: dict, infos: dict, node_type: str, pos, widgets_values=None, size=None, title=None) -> dict:
+    """Append a node with the inputs/outputs the frontend would give it (no links yet); returns it."""
+    new_id = max([n["id"] for n in workflow["nodes"]] + [workflow.get("last_node_id", 0)]) + 1
+    n: dict = {
+        "id": new_id,
+        "type": node_type,
+        "pos": list(pos),
+        "size": list(size or (300, 100)),
+        "flags": {},
+        "order": len(workflow["nodes"]),
+        "mode": 0,
+    }
+    if node_type in NOTE_TYPES:
+        n.update(inputs=[], outputs=[], properties={}, widgets_values=list(widgets_values or [""]))
+    else:
+        info = _info(infos, {"id": new_id, "type": node_type})
+        widgets = frontend_widgets(info)
+        inputs = [{"name": name, "type": typ, "link": None} for name, typ, _ in socket_inputs(info)]
+        inputs += [
+            {"name": w.name, "type": w.kind, "widget": {"name": w.name}, "link": None} for w in widgets if w.input
+        ]
+        names = info.get("output_name") or info["output"]
+        outputs = [{"name": names[i], "type": t, "links": [], "slot_index": i} for i, t in enumerate(info["output"])]
+        values = list(widgets_values) if widgets_values is not None else [_default(info, w) for w in widgets]
+        n.update(inputs=inputs, outputs=outputs, properties={"Node name for S&R": node_type}, widgets_values=values)
+    if title:
+        n["title"] = title
+    workflow["nodes"].append(n)
+    workflow["last_node_id"] = new_id
+    return n
+
+
+def connect(workflow: dict, src: dict, src_slot: int, dst: dict, input_name: str) -> int:
+    """Link ``src`` output ``src_slot`` to ``dst``'s input ``input_name`` (replacing its link); returns the id."""
+    slot = next(i for i, inp in enumerate(dst["inputs"]) if inp["name"] == input_name)
+    old = dst["inputs"][slot].get("link")
+    if old is not None:
+        disconnect(workflow, old)
+    link_id = max([link[0] for link in workflow["links"]] + [workflow.get("last_link_id", 0)]) + 1
+    typ = src["outputs"][src_slot]["type"]
+    workflow["links"].append([link_id, src["id"], src_slot, dst["id"], slot, typ])
+    src["outputs"][src_slot].setdefault("links", [])
+    src["outputs"][src_slot]["links"] = (src["outputs"][src_slot]["links"] or []) + [link_id]
+    dst["inputs"][slot]["link"] = link_id
+    workflow["last_link_id"] = link_id
+    return link_id
+
+
+def disconnect(workflow: dict, link_id: int) -> None:
+    link = _link(workflow, link_id)
+    src = node(workflow, link[1])
+    src["outputs"][link[2]]["links"] = [i for i in src["outputs"][link[2]]["links"] or [] if i != link_id]
+    node(workflow, link[3])["inputs"][link[4]]["link"] = None
+    workflow["links"] = [x for x in workflow["links"] if x[0] != link_id]
+
+
+def use_tiny_models(
+    workflow: dict,
+    infos: dict,
+    checkpoint: str,
+    loras: list[str] | None = None,
+    fastsam: str | None = None,
+    vae_seed: int = 0,
+) -> dict:
+    """A copy that runs on the test models: ``checkpoint`` in every checkpoint loader, ``loras[i]`` in style i's
+    loader (when it names a file), ``fastsam`` in every FastSAM loader, and every use of a checkpoint's VAE
+    routed to a ``DiffStylerTestTinyVAE`` (the tiny checkpoint has no VAE). Needs the test pack's node in infos.
+    """
+    wf = copy.deepcopy(workflow)
+    for i, style in enumerate(style_chain(wf)):
+        if loras and get_widget(infos, style, "lora_name") != "None":
+            set_widget(infos, style, "lora_name", loras[min(i, len(loras) - 1)])
+    for loader in nodes_of_type(wf, "DiffStylerFastSAMLoader"):
+        if fastsam:
+            set_widget(infos, loader, "model_name", fastsam)
+    for ckpt in nodes_of_type(wf, "CheckpointLoaderSimple"):
+        set_widget(infos, ckpt, "ckpt_name", checkpoint)
+        users = downstream(wf, ckpt, 2)
+        if not users:
+            continue
+        vae = add_node(wf, infos, TINY_VAE_NODE, (ckpt["pos"][0], ckpt["pos"][1] + 160), size=(300, 82))
+        if len(vae["widgets_values"]) == 2:  # seed + control_after_generate
+            vae["widgets_values"] = [vae_seed, "fixed"]
+        else:
+            vae["widgets_values"][0] = vae_seed
+        for target, name in users:
+            connect(wf, vae, 0, target, name)
+    return wf
