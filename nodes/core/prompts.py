@@ -221,14 +221,20 @@ def check_imgsz(imgsz: int) -> None:
 
 
 def check_prompts_inside(request: MaskRequest, height: int, width: int) -> None:
-    """Raise ``ValueError`` naming the input and the image size when a prompt lies outside the image."""
-    for i, p in enumerate(request.points):
+    """Raise ``ValueError`` naming the input and the image size when a prompt the mode uses lies outside the image.
+
+    Prompts the mode does not use (points in ``boxes`` mode, say) are ignored, so stale editor values never
+    block a run.
+    """
+    points = request.points if request.mode == "points" else ()
+    boxes = request.boxes if request.mode == "boxes" else ()
+    for i, p in enumerate(points):
         if not (0 <= p.x < width and 0 <= p.y < height):
             raise ValueError(
                 f"points: point {i} (x={p.x}, y={p.y}) is outside the {width}x{height} image (x must be in "
                 f"0..{width - 1}, y in 0..{height - 1}); give coordinates in pixels of the input image"
             )
-    for i, b in enumerate(request.boxes):
+    for i, b in enumerate(boxes):
         if b.x0 < 0 or b.y0 < 0 or b.x1 > width or b.y1 > height:
             raise ValueError(
                 f"boxes: box {i} [{b.x0}, {b.y0}, {b.x1}, {b.y1}] is outside the {width}x{height} image "
