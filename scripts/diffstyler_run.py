@@ -283,14 +283,14 @@ def scaled_prompt(kind: str, text: str, scale: float, size: tuple[int, int], whe
     try:
         if kind == "points":
             pts = prompts.parse_points(text)
-            prompts.check_prompts_inside(prompts.MaskRequest(points=pts), size[1], size[0])
+            prompts.check_prompts_inside(prompts.MaskRequest(mode="points", points=pts), size[1], size[0])
 
             def pixel(v: int, n: int) -> int:  # a point is a pixel index: scale the pixel's centre
                 return min(int((v + 0.5) * scale), n - 1)
 
             return json.dumps([{"x": pixel(p.x, w), "y": pixel(p.y, h), "label": int(p.positive)} for p in pts])
         boxes = prompts.parse_boxes(text)
-        prompts.check_prompts_inside(prompts.MaskRequest(boxes=boxes), size[1], size[0])
+        prompts.check_prompts_inside(prompts.MaskRequest(mode="boxes", boxes=boxes), size[1], size[0])
         out = []
         for b in boxes:
             x0, y0 = round(b.x0 * scale), round(b.y0 * scale)
