@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import folder_paths
 
@@ -61,12 +62,14 @@ class DiffStylerStyleLoRA(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, strength: float = 1.0) -> bool | str:
-        if strength != strength:  # NaN
-            return "strength: expected a number, got NaN"
+        if not math.isfinite(float(strength)):
+            return f"strength: expected a finite number, got {strength}: set a strength such as 1.0"
         return True
 
     @classmethod
     def execute(cls, lora_name: str, strength: float, conditioning, mask, lora=None, styles=None) -> io.NodeOutput:
+        if not math.isfinite(float(strength)):
+            raise ValueError(f"strength: expected a finite number, got {strength}: set a strength such as 1.0")
         if lora is not None:
             sd, name = dict(lora), "LORA_MODEL"
         elif lora_name and lora_name != NO_LORA:

@@ -50,7 +50,7 @@ def block_map_for(model) -> BlockMap:
         return SDXL_MAP
     raise ValueError(
         f"model: DiffStyler supports SD1.x, SD2.x and SDXL UNets; this one ({type(model.model).__name__}, "
-        f"{n_out} decoder blocks) is not one of them"
+        f"{n_out} decoder blocks) is not one of them: load an SD1.x, SD2.x or SDXL checkpoint"
     )
 
 

@@ -26,7 +26,10 @@ def as_mask_batch(mask: torch.Tensor, name: str) -> torch.Tensor:
     if mask.ndim == 4 and mask.shape[1] == 1:
         mask = mask[:, 0]
     if mask.ndim != 3:
-        raise ValueError(f"{name}: expected a MASK of shape [B,H,W], got {list(mask.shape)}")
+        raise ValueError(
+            f"{name}: expected a MASK of shape [B,H,W], got {list(mask.shape)}: connect a MASK (Load Image Mask, "
+            "FastSAM Mask)"
+        )
     if mask.shape[0] == 0 or mask.shape[1] == 0 or mask.shape[2] == 0:
         raise ValueError(
             f"{name}: the mask is empty (shape {list(mask.shape)}): connect a mask with at least one pixel"

@@ -254,14 +254,16 @@ def to_rgb(image: torch.Tensor) -> torch.Tensor:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"image: expected an IMAGE tensor [B,H,W,C], got {shape}")
     if image.shape[0] == 0 or image.shape[1] == 0 or image.shape[2] == 0:
-        raise ValueError(f"image: the image batch is empty ({tuple(image.shape)})")
+        raise ValueError(f"image: the image batch is empty ({tuple(image.shape)}): connect at least one image")
     c = image.shape[-1]
     if c in (1, 2):
         image = image[..., :1].expand(-1, -1, -1, 3)
     elif c in (3, 4):
         image = image[..., :3]
     else:
-        raise ValueError(f"image: expected 1, 3 or 4 channels (gray, RGB, RGBA), got {c}")
+        raise ValueError(
+            f"image: expected 1 to 4 channels (gray, gray + alpha, RGB, RGBA), got {c}: convert the image to RGB"
+        )
     return image.float().clamp(0.0, 1.0).contiguous()
 
 

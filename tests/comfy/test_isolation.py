@@ -1,0 +1,161 @@
+"""Isolation (issue #8): a DiffStyler run leaves ComfyUI's other work exactly as it was.
+
+* a core KSampler graph gives bit-identical images before and after a two-style DiffStyler graph, in the same
+  executor (which serves the very same checkpoint MODEL object to both graphs from its cache) and in a fresh one;
+* a plain KSampler fed the Injector's patched MODEL gives the unpatched model's result;
+* another pack's attn1 replace registered before the Injector stays active (called at every UNet call) and sees
+  our Q/K injection;
+* ``bench/soak.py``: the two-style graph 12 times in one process and executor, without errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dst_core
+import pytest
+import reliability_tools as rt
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread for the whole module (see reliability_tools.torch_threads: much faster on a busy machine)."""
+    with rt.torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny, comfy_home):
+    rt.write_two_style_inputs(comfy_home, tiny.model)
+    return comfy_home
+
+
+def image_of(run, node_id):
+    return run.outputs(node_id)[0][0]
+
+
+# ---------------------------------------------------------------------------------------------- graphs
+
+
+def test_core_graph_is_unchanged_by_a_diffstyler_graph(tiny, inputs, run_graph):
+    import comfy_setup
+
+    core = rt.core_ksampler_prompt(tiny.checkpoint)
+    before = run_graph(core)
+    diffstyler = run_graph(rt.two_style_prompt(tiny.checkpoint, steps=STEPS, cfg=7.0))
+    assert "1" in diffstyler.cached_nodes(), "both graphs must share the checkpoint MODEL for this test to mean much"
+    assert "15" in diffstyler.executed_nodes()
+    after = run_graph(core)
+    assert "k6" in after.executed_nodes(), "the KSampler must really run again, not come from the cache"
+    assert "1" in after.cached_nodes()
+    assert torch.equal(image_of(after, "k7"), image_of(before, "k7"))
+    fresh = comfy_setup.run_prompt(comfy_setup.make_executor(), core)
+    assert "1" in fresh.executed_nodes()
+    assert torch.equal(image_of(fresh, "k7"), image_of(before, "k7"))
+
+
+def test_plain_ksampler_on_the_patched_model_equals_the_unpatched_model(tiny, inputs, run_graph):
+    prompt = rt.two_style_prompt(tiny.checkpoint, steps=STEPS, cfg=7.5)
+    prompt.update(rt.core_ksampler_prompt(tiny.checkpoint, model_from=("14", 0), prefix="p"))  # patched MODEL
+    prompt.update(rt.core_ksampler_prompt(tiny.checkpoint, model_from=("1", 0), prefix="u"))  # unpatched MODEL
+    run = run_graph(prompt)
+    assert {"14", "15", "p6", "u6"} <= set(run.executed_nodes())
+    patched = run.outputs("14")[0][0]
+    assert patched.get_attachment("diffstyler") is not None and rt.attachment_run(patched) == (None, None)
+    assert torch.equal(run.outputs("p6")[0][0]["samples"], run.outputs("u6")[0][0]["samples"])
+    assert torch.equal(image_of(run, "p7"), image_of(run, "u7"))
+
+
+# ---------------------------------------------------------------------------------------------- other packs
+
+
+def test_another_packs_attn1_replace_stays_active(tiny, pack):
+    import comfy.ldm.modules.attention as attention
+    from comfyui_diffstyler.nodes import inject, sample, style
+    from comfyui_diffstyler.nodes.adapters import inversion
+
+    def enc(text):
+        return tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(text))
+
+    empty, cond, neg = enc(""), enc("painting of <sss>"), enc("ugly")
+    with torch.no_grad():
+        lat = tiny.vae.encode(torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2))).float()
+    inv = inversion.invert(tiny.model, lat, STEPS, empty, disable_pbar=True)
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, :32] = 1
+    styles = style.DiffStylerStyleLoRA.execute(
+        "None", 1.0, cond, mask, lora=dst_core.random_lora(tiny.model, seed=80)
+    ).args[0]
+
+    seen = []
+
+    def other_pack(q, k, v, extra_options):  # another pack's attn1 replace: records what it gets, plain attention
+        seen.append((extra_options["block"], q.clone(), k.clone()))
+        return attention.optimized_attention(q, k, v, extra_options["n_heads"])
+
+    base = tiny.model.clone()
+    base.set_model_attn1_replace(other_pack, "output", 5)
+    patched = inject.DiffStylerCrossLoRAInjector.execute(base, styles, 0.6, 0.5, "adaptive", True).args[0]
+    counted = patched.clone()
+    calls = rt.count_unet_calls(counted)
+    attn = tiny.model.model.diffusion_model.output_blocks[5][1].transformer_blocks[0].attn1
+    pre = {"q": [], "k": []}
+    hooks = [
+        attn.to_q.register_forward_hook(lambda m, a, out: pre["q"].append(out.clone())),
+        attn.to_k.register_forward_hook(lambda m, a, out: pre["k"].append(out.clone())),
+    ]
+    try:
+        sample.DiffStylerMaskedFusionSampler.execute(counted, inv, cond, neg, 6.0, "exact", styles)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(calls) == STEPS and len(seen) == STEPS, "the other pack's replace runs at every UNet call"
+    assert all(block == ("output", 5) for block, _q, _k in seen)
+    window = 2  # qk_injection_end 0.5 of 4 steps
+    for i, (_block, q, k) in enumerate(seen):
+        if i < window:  # rows: content, style cond, style uncond
+            assert calls[i] == 3
+            assert torch.equal(q[0], pre["q"][i][0]) and torch.equal(k[0], pre["k"][i][0]), "content row untouched"
+            assert not torch.allclose(q[1:], pre["q"][i][1:]) and not torch.allclose(k[1:], pre["k"][i][1:])
+        else:
+            assert calls[i] == 2
+            assert torch.equal(q, pre["q"][i]) and torch.equal(k, pre["k"][i]), "no injection after the window"
+    # outside a DiffStyler run the chain still reaches the other pack, and the result is the plain model's
+    seen.clear()
+    xt = inversion.latent_out(tiny.model, inv.trajectory[0])
+    chained = dst_core.plain_ddim(patched, xt, 2, cond, neg, 6.0)
+    assert len(seen) == 2
+    assert torch.equal(chained, dst_core.plain_ddim(base, xt, 2, cond, neg, 6.0))
+    assert rt.attachment_run(patched) == (None, None)
+
+
+# ---------------------------------------------------------------------------------------------- soak
+
+
+def test_soak_twelve_runs_in_one_executor(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["YOLO_CONFIG_DIR"] = str(tmp_path / "yolo")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "soak.py"), "--runs", "12", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary, details = json.loads(lines[-1]), json.loads(lines[-2])
+    print(f"\nsoak: {lines[-1]}, RSS {details['rss_mb'][4]} -> {details['rss_mb'][-1]} MB")
+    assert set(summary) == {"runs", "errors", "rss_growth_pct"}
+    assert summary["runs"] == 12 and summary["errors"] == 0, details["error_messages"]
+    assert details["sampler_executions"] == 12
+    assert details["network_attempts"] == 0

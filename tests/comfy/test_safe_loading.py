@@ -1,0 +1,314 @@
+"""Safe loading (issue #8): no code from model files, no file outside its model folder, no network.
+
+* LoRAs (Style LoRA Loader) and checkpoints load through safetensors or ``torch.load(weights_only=True)``: a ``.pt``
+  LoRA or ``.ckpt`` checkpoint whose pickle would run code (a ``__reduce__`` payload that writes a marker file) is
+  refused with a clear error, and the marker never appears.
+* FastSAM ``.pt`` files are pickles that ultralytics loads with ``weights_only=False``: they load only from the
+  registered ``models/fastsam`` folder(s), by a relative name. Names with ``..``, absolute paths (and Windows-style
+  variants) are refused by every loader before any file is opened (Style LoRA Loader ``lora_name``, FastSAM loader
+  ``model_name``, FastSAM Mask ``clip_folder``, Train Style LoRA ``save_name``), and ComfyUI's own validation refuses
+  them in a graph. A symlink *inside* a model folder is followed (as ComfyUI does for every model folder), except
+  for CLIP folders, which must resolve inside ``models/diffstyler_clip``.
+* The whole module runs with outgoing connections and DNS lookups refused and recorded; a two-style graph, a
+  FastSAM graph and a short training must not attempt any.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import fastsam_fixtures as ff
+import numpy as np
+import pytest
+import reliability_tools as rt
+import torch
+from PIL import Image
+
+ESCAPES = ("../{name}", "sub/../../{name}", "..\\{name}", "{abs}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def guard(tmp_path_factory):
+    """Network refused and recorded for the whole module; ultralytics' settings file in a temp folder."""
+    mp = pytest.MonkeyPatch()
+    if "ultralytics" not in sys.modules:
+        mp.setenv("YOLO_CONFIG_DIR", str(tmp_path_factory.mktemp("yolo_config")))
+    net = rt.NetworkGuard().install()
+    with rt.torch_threads(1):
+        yield net
+    net.uninstall()
+    mp.undo()
+
+
+class Payload:
+    """Unpickling this runs ``exec``: it writes ``marker`` (what a malicious model file would do, harmlessly)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('code ran')",))
+
+
+def write_payload(path, marker, key="lora_unet_x.lora_down.weight"):
+    torch.save({key: Payload(marker), "state_dict_like": torch.zeros(2)}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def live_payload_check(tmp_path_factory):
+    """Proves the payload runs when a file is loaded unsafely, so a missing marker below means something."""
+    tmp = tmp_path_factory.mktemp("payload")
+    path = write_payload(tmp / "probe.pt", tmp / "probe_marker")
+    torch.load(str(path), weights_only=False)
+    assert (tmp / "probe_marker").read_text() == "code ran"
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- pickles
+
+
+@pytest.fixture
+def cleanup():
+    """Files and links a test puts into the shared model folders, removed afterwards (later modules list them)."""
+    paths = []
+    yield paths
+    for p in paths:
+        if os.path.lexists(p):
+            os.unlink(p)
+
+
+def test_pickle_lora_does_not_run_code(comfy_home, pack, tiny, tmp_path, live_payload_check, cleanup):
+    from comfyui_diffstyler.nodes.style import DiffStylerStyleLoRA
+
+    import nodes
+
+    cond = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize("x"))
+    for name in ("rel_evil.pt", "rel_evil.ckpt"):
+        marker = tmp_path / f"{name}.marker"
+        cleanup.append(write_payload(comfy_home.models / "loras" / name, marker))
+        with pytest.raises(
+            ValueError,
+            match=rf"(?s)lora_name: '{name}' could not be read as a LoRA file \(.*Weights "
+            r"only load failed.*\): re-download or re-save it",
+        ):
+            DiffStylerStyleLoRA.execute(name, 1.0, cond, torch.ones(1, 64, 64))
+        assert not marker.exists(), f"{name}: the pickle's code ran"
+        with pytest.raises(Exception, match="Weights only load failed"):  # ComfyUI's own LoRA loader: weights-only
+            nodes.LoraLoaderModelOnly().load_lora_model_only(tiny.model, name, 1.0)
+        assert not marker.exists()
+
+
+def test_pickle_checkpoint_does_not_run_code(comfy_home, pack, tmp_path, live_payload_check, cleanup):
+    import nodes
+
+    marker = tmp_path / "ckpt.marker"
+    path = comfy_home.models / "checkpoints" / "rel_evil.ckpt"
+    cleanup.append(write_payload(path, marker, key="model.diffusion_model.x"))
+    with pytest.raises(Exception, match="Weights only load failed"):
+        nodes.CheckpointLoaderSimple().load_checkpoint("rel_evil.ckpt")
+    assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def fastsam(comfy_home, pack):
+    from comfyui_diffstyler.nodes.adapters import fastsam
+
+    fastsam.import_ultralytics()
+    return fastsam
+
+
+def test_fastsam_pickle_outside_the_folder_is_never_opened(comfy_home, fastsam, tmp_path, live_payload_check, cleanup):
+    from comfyui_diffstyler.nodes.segment import DiffStylerFastSAMLoader
+
+    marker = tmp_path / "fastsam.marker"
+    outside = write_payload(comfy_home.models / "rel_evil_fastsam.pt", marker, key="model")
+    cleanup.append(outside)
+    for pattern in ESCAPES:
+        name = pattern.format(name=outside.name, abs=str(outside))
+        with pytest.raises(
+            ValueError,
+            match=r"model_name: .* leaves the model folder; give a file name relative to "
+            r"models/fastsam \(for example FastSAM-s\.pt\)",
+        ):
+            DiffStylerFastSAMLoader.execute(name)
+    assert not marker.exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG (hardening): a .pt in models/fastsam is unpickled with weights_only=False, so a code payload runs "
+    "(the README warns about it). ultralytics >= 8.4 offers tasks.torch_safe_load(path, safe_only=True), a "
+    "weights_only load with an allow-list of its model classes, which loads FastSAM checkpoints and refuses this",
+)
+def test_fastsam_pickle_inside_the_folder_does_not_run_code(comfy_home, fastsam, tmp_path, live_payload_check, cleanup):
+    from comfyui_diffstyler.nodes.segment import DiffStylerFastSAMLoader
+
+    marker = tmp_path / "inside.marker"
+    cleanup.append(write_payload(comfy_home.models / "fastsam" / "rel_evil_inside.pt", marker, key="model"))
+    with pytest.raises(ValueError, match=r"model_name: 'rel_evil_inside\.pt' .*is not a FastSAM/YOLOv8-seg model"):
+        DiffStylerFastSAMLoader.execute("rel_evil_inside.pt")
+    assert not marker.exists(), "the pickle's code ran while loading a FastSAM file"
+
+
+# ---------------------------------------------------------------------------------------------- names and symlinks
+
+
+def test_every_loader_refuses_names_that_leave_their_folder(comfy_home, pack, tiny, fastsam, tmp_path, cleanup):
+    from comfyui_diffstyler.nodes.adapters import training
+    from comfyui_diffstyler.nodes.segment import DiffStylerFastSAMLoader, DiffStylerFastSAMMask
+    from comfyui_diffstyler.nodes.style import DiffStylerStyleLoRA
+    from comfyui_diffstyler.nodes.train import DiffStylerTrainStyleLoRA
+
+    cond = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize("x"))
+    target = comfy_home.models / "rel_outside.safetensors"
+    import safetensors.torch
+
+    safetensors.torch.save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, str(target))
+    cleanup.append(target)
+    for pattern in ESCAPES:
+        name = pattern.format(name=target.name, abs=str(target))
+        with pytest.raises(
+            ValueError,
+            match=r"lora_name: .* must be a file name inside models/loras \(no absolute "
+            r"path or '\.\.'\)",
+        ):
+            DiffStylerStyleLoRA.execute(name, 1.0, cond, torch.ones(1, 64, 64))
+        with pytest.raises(ValueError, match=r"model_name: .* leaves the model folder"):
+            DiffStylerFastSAMLoader.execute(name.replace(".safetensors", ".pt"))
+    image = ff.scene_tensor()
+    for folder in ("../fastsam", "/tmp", "..\\loras"):
+        with pytest.raises(ValueError, match=r"clip_folder: .* leaves the model folder"):
+            DiffStylerFastSAMMask.execute(image, None, "text", "", "", "a dog", 64, 0.4, 0.9, "union", 0, folder)
+    for bad in ("../x", str(tmp_path / "x"), "a/b", "..\\x", "C:x", ".hidden"):
+        message = DiffStylerTrainStyleLoRA.validate_inputs(save_name=bad)
+        assert isinstance(message, str) and message.startswith("save_name: ") and "plain file name" in message, bad
+        with pytest.raises(ValueError, match=r"save_name: .* is not a plain file name"):
+            training.save_lora_file({"x": torch.zeros(1)}, bad)
+    assert not (tmp_path / "x.safetensors").exists() and not (comfy_home.models / "x.safetensors").exists()
+
+
+def test_graph_validation_refuses_escaping_names(comfy_home, tiny, run_graph):
+    prompt = {
+        "1": {"class_type": "DiffStylerFastSAMLoader", "inputs": {"model_name": "../rel_evil_fastsam.pt"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["3", 1]}},
+        "3": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny.checkpoint}},
+        "4": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}},
+        "5": {
+            "class_type": "DiffStylerStyleLoRA",
+            "inputs": {
+                "lora_name": "../rel_outside.safetensors",
+                "strength": 1.0,
+                "conditioning": ["2", 0],
+                "mask": ["4", 0],
+            },
+        },
+        "6": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+        "7": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}},
+    }
+    run = run_graph(prompt, expect_success=False)
+    assert not run.success and "node_errors" in run.error
+    errors = run.error["node_errors"]
+    assert set(errors) == {"1", "5"}, errors
+    text = str(errors)
+    assert "value_not_in_list" in text and "rel_evil_fastsam" in text and "rel_outside" in text
+
+
+def test_symlinks_inside_model_folders(comfy_home, fastsam, tmp_path, cleanup):
+    """Documents the current behaviour: FastSAM (like ComfyUI's own folders) follows a symlink placed in its folder;
+    CLIP folders must resolve inside models/diffstyler_clip."""
+    from comfyui_diffstyler.nodes.segment import DiffStylerFastSAMLoader
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    ff.save_fastsam(outside / "real.pt", seed=1, class_bias=None)
+    link = comfy_home.models / "fastsam" / "rel_link.pt"
+    os.symlink(outside / "real.pt", link)
+    cleanup.append(link)
+    handle = DiffStylerFastSAMLoader.execute("rel_link.pt").args[0]
+    assert handle.path == str(link) and os.path.realpath(handle.path) == str(outside / "real.pt")
+    clip_link = comfy_home.models / "diffstyler_clip" / "rel_clip_link"
+    (outside / "clip").mkdir()
+    (outside / "clip" / "config.json").write_text("{}")
+    os.symlink(outside / "clip", clip_link, target_is_directory=True)
+    cleanup.append(clip_link)
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"clip_folder: 'rel_clip_link' with a config\.json not found in the "
+        r"'diffstyler_clip' model folder",
+    ):
+        fastsam.resolve_clip_folder("rel_clip_link")
+
+
+# ---------------------------------------------------------------------------------------------- network
+
+
+def test_no_network_for_a_styles_graph_a_fastsam_graph_and_training(guard, comfy_home, tiny, fastsam, run_graph):
+    with pytest.raises(OSError, match="network access attempted"):
+        __import__("socket").create_connection(("example.com", 80), timeout=1)
+    assert guard.attempts and "create_connection" in guard.attempts[0]
+    guard.attempts.clear()
+
+    rt.write_two_style_inputs(comfy_home, tiny.model)
+    styled = run_graph(rt.two_style_prompt(tiny.checkpoint, steps=4, cfg=5.5))
+    assert "15" in styled.executed_nodes()
+
+    ff.save_fastsam(comfy_home.models / "fastsam" / "rel_net_quiet.pt", seed=1, class_bias=None)
+    Image.fromarray(ff.scene()).save(comfy_home.input / "rel_scene.png")
+    segmented = run_graph(
+        {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "rel_scene.png"}},
+            "2": {"class_type": "DiffStylerFastSAMLoader", "inputs": {"model_name": "rel_net_quiet.pt"}},
+            "3": {
+                "class_type": "DiffStylerFastSAMMask",
+                "inputs": {
+                    "image": ["1", 0],
+                    "fastsam": ["2", 0],
+                    "mode": "everything",
+                    "points": "",
+                    "boxes": "",
+                    "text": "",
+                    "imgsz": 128,
+                    "conf": 0.4,
+                    "iou": 0.9,
+                    "combine": "union",
+                    "index": 0,
+                },
+            },
+            "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
+        }
+    )
+    assert "3" in segmented.executed_nodes()
+
+    rng = np.random.default_rng(9)
+    Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(comfy_home.input / "rel_style.png")
+    trained = run_graph(
+        {
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny.checkpoint}},
+            "2": {"class_type": "DiffStylerTestTinyVAE", "inputs": {"seed": 0}},
+            "3": {"class_type": "LoadImage", "inputs": {"image": "rel_style.png"}},
+            "4": {
+                "class_type": "DiffStylerTrainStyleLoRA",
+                "inputs": {
+                    "model": ["1", 0],
+                    "clip": ["1", 1],
+                    "vae": ["2", 0],
+                    "image": ["3", 0],
+                    "prompt": "painting of <sss>",
+                    "steps": 2,
+                    "learning_rate": 1e-3,
+                    "rank": 2,
+                    "targets": "attention",
+                    "seed": 0,
+                    "resolution": 64,
+                    "save_name": "rel_net_style",
+                },
+            },
+            "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 1]}},
+        }
+    )
+    assert "4" in trained.executed_nodes()
+    assert (comfy_home.models / "loras" / "rel_net_style.safetensors").is_file()
+    assert guard.attempts == [], guard.attempts
