@@ -105,7 +105,9 @@ def test_to_rgb_channels():
     assert (
         out.shape == (2, 5, 7, 3) and torch.equal(out[..., 1], gray[..., 0]) and torch.equal(out[..., 2], gray[..., 0])
     )
-    with pytest.raises(ValueError, match="image: expected 1, 3 or 4 channels"):
+    gray_alpha = torch.cat([gray, torch.rand(2, 5, 7, 1)], dim=-1)
+    assert torch.equal(prompts.to_rgb(gray_alpha), out)
+    with pytest.raises(ValueError, match=r"image: expected 1 to 4 channels .*got 5: convert the image to RGB"):
         prompts.to_rgb(torch.rand(1, 5, 7, 5))
     with pytest.raises(ValueError, match=r"image: expected an IMAGE tensor \[B,H,W,C\]"):
         prompts.to_rgb(torch.rand(5, 7, 3))
