@@ -17,7 +17,6 @@ so only timings mean anything here. Nothing is downloaded; files go to a tempora
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -26,42 +25,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
+
 ROOT = Path(__file__).resolve().parents[1]
-PACK = "comfyui_diffstyler"
-
-
-def find_comfyui() -> Path:
-    for c in (
-        os.environ.get("COMFYUI_PATH"),
-        ROOT.parent.parent if ROOT.parent.name == "custom_nodes" else None,
-        Path.home() / "ComfyUI",
-    ):
-        if c and (Path(c) / "comfy" / "model_management.py").is_file():
-            return Path(c).resolve()
-    raise SystemExit("ComfyUI not found: set COMFYUI_PATH")
 
 
 def setup_comfy(cpu: bool, temp: Path):
-    root = str(find_comfyui())
-    if root in sys.path:
-        sys.path.remove(root)
-    sys.path.insert(0, root)
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-    import torch
-
-    comfy.cli_args.args.cpu = cpu or not torch.cuda.is_available()
-    import comfy.model_management  # noqa: F401 - after args.cpu
+    """ComfyUI and the pack via bench/common.py, with FastSAM and temp folders in ``temp``."""
+    common.setup(cpu)
     import folder_paths
 
     folder_paths.set_temp_directory(str(temp / "temp"))
     folder_paths.add_model_folder_path("fastsam", str(temp / "fastsam"), is_default=True)
-    spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = module
-    spec.loader.exec_module(module)
     sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 

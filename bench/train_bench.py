@@ -16,7 +16,6 @@ work is finished); the warm-up steps are dropped. Memory: RSS before training, t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -25,10 +24,8 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
-PACK_NAME = "comfyui_diffstyler"
+import common
 
 UNETS = {
     # SD1.5 topology (block ids, heads, depth) with 32 channels: the test suite's tiny model
@@ -38,39 +35,9 @@ UNETS = {
 }
 
 
-def find_comfyui() -> Path:
-    candidates = []
-    if os.environ.get("COMFYUI_PATH"):
-        candidates.append(Path(os.environ["COMFYUI_PATH"]).expanduser())
-    if PACK_ROOT.parent.name == "custom_nodes":
-        candidates.append(PACK_ROOT.parent.parent)
-    candidates.append(Path.home() / "ComfyUI")
-    for c in candidates:
-        if (c / "main.py").is_file() and (c / "comfy" / "model_management.py").is_file():
-            return c.resolve()
-    raise SystemExit("ComfyUI not found: set COMFYUI_PATH (or install the pack into ComfyUI/custom_nodes)")
-
-
 def import_comfy(device: str):
-    root = str(find_comfyui())
-    if root in sys.path:
-        sys.path.remove(root)
-    sys.path.insert(0, root)
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = device == "cpu"
-    import comfy.model_management  # noqa: F401 - after args.cpu
-
-    if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            PACK_NAME, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = module
-        spec.loader.exec_module(module)
+    """ComfyUI in-process on ``device`` and the pack as a package (bench/common.py does the work)."""
+    common.setup(device == "cpu")
 
 
 def build_unet(name: str, dtype_name: str):

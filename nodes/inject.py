@@ -93,7 +93,8 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
             "lora_in_injected_attention": bool(lora_in_injected_attention),
             "fusion": fusion,
         }
-        patched, _state = patches.install(model, deltas, tuple(s.uid for s in styles), settings)
+        patched, state = patches.install(model, deltas, tuple(s.uid for s in styles), settings)
+        state.styles = list(styles)
         return io.NodeOutput(patched)
 
 

@@ -38,7 +38,7 @@ class Recorder:
         return self.step is not None and in_window(self.step, self.cache.qk_end, self.steps)
 
     def keep(self, t: torch.Tensor) -> torch.Tensor:
-        return t.detach().to(device=self.store_device, dtype=self.cache.dtype).clone()
+        return t.detach().to(device=self.store_device, dtype=self.cache.dtype, copy=True)
 
 
 class RecordResBlockMixin:

@@ -105,10 +105,11 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             branches = [FUSED_BRANCH]
         elif self.background == "model":
             branches.append(base_branch)
-        traj = inv.trajectory
+        traj = inv.trajectory.to(x.device, x.dtype)
+        self._traj = traj
 
         def content_latent_at(sigma):
-            return inv.content_input_at(sigma)
+            return traj[inv.content_index(sigma)]  # InversionResult.content_input_at, already on the device
 
         s = self.state.settings
         self._branches = branches
@@ -156,7 +157,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         self._dev_weights = [w.to(dev, x.dtype) for w in self.weights]
         self._dev_bg_weight = self.bg_weight.to(dev, x.dtype)
         self._dev_inside = self.inside.to(dev)
-        self._content_x0 = traj[-1].to(dev, x.dtype)
+        self._content_x0 = traj[-1]
 
     # ------------------------------------------------------------------ CFGGuider hooks
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
@@ -214,8 +215,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         """Exact background: outside the masks the latent is the inversion trajectory's."""
         if self.background != "exact":
             return x
-        target = self.inversion.latent_at(sigma_next).to(x.device, x.dtype)
-        return torch.where(self._dev_inside, x, target)
+        return torch.where(self._dev_inside, x, self._traj[self.inversion.checked_index(sigma_next)])
 
     def sample(
         self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None

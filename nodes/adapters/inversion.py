@@ -73,7 +73,7 @@ def sample_ddim_inverse(model, x, sigmas, extra_args=None, callback=None, disabl
     extra_args = {} if extra_args is None else extra_args
     s_in = x.new_ones([x.shape[0]])
     if trajectory is not None:
-        trajectory.append(x.detach().to("cpu", torch.float32))
+        trajectory.append(x.detach().clone())
     for i in trange(len(sigmas) - 1, disable=disable):
         comfy.model_management.throw_exception_if_processing_interrupted()
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -83,7 +83,7 @@ def sample_ddim_inverse(model, x, sigmas, extra_args=None, callback=None, disabl
         eps = (x - denoised) / sigma_next
         x = ddim_step(x, eps, sigma, sigma_next)
         if trajectory is not None:
-            trajectory.append(x.detach().to("cpu", torch.float32))
+            trajectory.append(x.detach().clone())
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
     return x
@@ -154,7 +154,8 @@ def invert(
     noise = torch.zeros_like(latent)
     guider.sample(noise, latent, sampler, ascending, callback=callback, disable_pbar=disable_pbar, seed=0)
 
-    traj = torch.stack(trajectory[::-1])  # descending sigma order, traj[i] at sigmas[i]
+    # descending sigma order, traj[i] at sigmas[i]; one device->CPU copy for the whole trajectory
+    traj = torch.stack(trajectory[::-1]).to("cpu", torch.float32)
     fp = make_fingerprint(model, int(sigmas.shape[0]) - 1, samples.shape, sigmas)
     logger.info("DiffStyler: inverted %s latent over %d ddim_uniform steps", list(samples.shape), steps)
     if cache is not None:

@@ -17,7 +17,7 @@ import comfy.patcher_extension
 import torch
 
 from ..core.lora import LayerDelta, conv2d_delta, linear_delta
-from ..core.schedule import blend_qk, in_window, qk_blend_ratio
+from ..core.schedule import blend_qk, find_sigma_index, in_window, qk_blend_ratio
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,6 @@ class CallPlan:
     lora_rows: dict[int, torch.Tensor]  # style index -> row indices that get that style's LoRA
     lora_ranges: dict = field(default_factory=dict)  # style -> (start, stop) when its rows are contiguous
     lora_block: tuple | None = None  # (start, rows per style, styles) when styles own equal adjacent blocks
-    lora_scale: dict[int, float] = field(default_factory=dict)  # style -> strength multiplier (deltas carry it)
     res_rows: torch.Tensor | None = None  # rows whose ResBlock residual is replaced ...
     res_src: torch.Tensor | None = None  # ... by these (content) rows
     qk_rows: torch.Tensor | None = None
@@ -100,8 +99,6 @@ class RunPlan:
     fused_weights: list | None = None
     fused_contexts: list | None = None
     latent_hw: tuple | None = None
-    calls: int = 0
-    rows_seen: list[int] = field(default_factory=list)
 
 
 class PatchState:
@@ -112,6 +109,7 @@ class PatchState:
         self.n_styles = n_styles
         self.style_ids = style_ids
         self.settings = dict(settings)
+        self.styles: list | None = None  # the Style objects, for samplers whose styles input is not connected
         self.run: RunPlan | None = None
         self.call: CallPlan | None = None
         self.deltas_bytes = 0
@@ -329,7 +327,7 @@ def make_apply_model_wrapper(state: PatchState):
         n_chunks = max(1, len(cond_or_uncond))
         b = x.shape[0] // n_chunks
         sigma = t[0]
-        step = _step_index(run.sample_sigmas, sigma)
+        step = find_sigma_index(run.sample_sigmas, sigma)
         steps = int(run.sample_sigmas.shape[0]) - 1
         res_on = step >= 0 and in_window(step, run.feature_end, steps)
         qk_on = step >= 0 and in_window(step, run.qk_end, steps)
@@ -386,7 +384,6 @@ def make_apply_model_wrapper(state: PatchState):
             lora_ranges=ranges,
             lora_block=block,
             lora_rows={s: _index(r, device) for s, r in lora_rows.items()},
-            lora_scale={},
             res_rows=_index(inj_rows, device) if ((need_content or from_cache) and res_on) else None,
             res_src=_index(inj_src, device) if (need_content and res_on) else None,
             qk_rows=_index(inj_rows, device) if ((need_content or from_cache) and qk_on) else None,
@@ -404,8 +401,6 @@ def make_apply_model_wrapper(state: PatchState):
             plan.fused_weights = run.fused_weights
             plan.fused_contexts = run.fused_contexts
             plan.fused_latent_hw = run.latent_hw
-        run.calls += 1
-        run.rows_seen.append(int(x.shape[0]))
         state.call = plan
         try:
             out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
@@ -414,12 +409,6 @@ def make_apply_model_wrapper(state: PatchState):
         return out[offset:] if offset else out
 
     return diffstyler_apply_model
-
-
-def _step_index(sample_sigmas: torch.Tensor, sigma) -> int:
-    from ..core.schedule import find_sigma_index
-
-    return find_sigma_index(sample_sigmas, sigma)
 
 
 def _prepend_conditioning(content: dict, b: int, c_crossattn, kwargs: dict):

@@ -95,15 +95,23 @@ class InversionResult:
     def steps(self) -> int:
         return int(self.sigmas.shape[0]) - 1
 
-    def latent_at(self, sigma: float | torch.Tensor) -> torch.Tensor:
-        """The trajectory latent ``[B,C,h,w]`` at ``sigma``; ValueError when sigma is not on the schedule."""
+    def checked_index(self, sigma: float | torch.Tensor) -> int:
+        """Index of ``sigma`` in ``sigmas``/``trajectory``; ValueError when sigma is not on the schedule."""
         i = find_sigma_index(self.sigmas, sigma)
         if i < 0:
             raise ValueError(
                 f"sigma {float(sigma):.6g} is not on the inversion's schedule ({self.steps} ddim_uniform steps): "
                 "sample with the sigmas the inversion used"
             )
-        return self.trajectory[i]
+        return i
+
+    def content_index(self, sigma: float | torch.Tensor) -> int:
+        """Trajectory index of the content row's input at sampling sigma ``sigma`` (see ``content_input_at``)."""
+        return min(self.checked_index(sigma) + 1, self.trajectory.shape[0] - 1)
+
+    def latent_at(self, sigma: float | torch.Tensor) -> torch.Tensor:
+        """The trajectory latent ``[B,C,h,w]`` at ``sigma``; ValueError when sigma is not on the schedule."""
+        return self.trajectory[self.checked_index(sigma)]
 
     def content_input_at(self, sigma: float | torch.Tensor) -> torch.Tensor:
         """The content row's input at sampling sigma ``sigma``: the latent the inversion fed the UNet there.
@@ -112,13 +120,7 @@ class InversionResult:
         branch reuses exactly those evaluation points (one DDIM step cleaner than ``x_{i+1}``), so the
         inversion pass doubles as the content branch and its features can be cached exactly.
         """
-        i = find_sigma_index(self.sigmas, sigma)
-        if i < 0:
-            self.latent_at(sigma)  # raises the schedule error
-        return self.trajectory[min(i + 1, self.trajectory.shape[0] - 1)]
-
-    def index_of(self, sigma: float | torch.Tensor) -> int:
-        return find_sigma_index(self.sigmas, sigma)
+        return self.trajectory[self.content_index(sigma)]
 
     def nbytes(self) -> int:
         return self.trajectory.numel() * self.trajectory.element_size()

@@ -445,12 +445,6 @@ def _(x):
     sample(x.mods, x.tiny.model, x.inv, x.prompts, styles)
 
 
-@case("sample_without_styles", ValueError, r"styles: connect the same DIFFSTYLER_STYLES that go into the Injector")
-def _(x):
-    styles = add_style(x.mods, x.prompts["style"], half())
-    sample(x.mods, inject(x.mods, x.tracker, x.tiny.model, styles), x.inv, x.prompts, None)
-
-
 @case(
     "sample_other_styles",
     ValueError,

@@ -660,3 +660,15 @@ def test_two_styles_each_row_gets_its_own_lora(tiny, mods, inverted, prompts):
         merged, _ = comfy.sd.load_lora_for_models(tiny.model, None, last, 0.9, 0)
         ref = dst_core.plain_ddim(merged, xt, STEPS, prompts["style"], prompts["neg"], 7.5)
         assert float((out - ref).abs().max()) <= 1e-4
+
+
+def test_sampler_styles_default_to_the_injectors(tiny, mods, inverted, prompts):
+    """An unconnected styles input on the sampler means the styles the Injector patched."""
+    styles = make_styles(mods, [(dst_core.random_lora(tiny.model, seed=60), 1.0, prompts["style"], half_mask())])
+    patched = inject(mods, tiny.model, styles, 0.6, 0.5)
+    connected = run(mods, patched, inverted, prompts, styles)
+    default = mods.sample.DiffStylerMaskedFusionSampler.execute(
+        patched, inverted, prompts["base"], prompts["neg"], 7.5, "exact"
+    ).args[0]["samples"]
+    assert torch.equal(connected, default)
+    assert not torch.equal(default, inverted.content_latent)
