@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import comfy.model_management
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 FOLDER = "fastsam"
 CLIP_FOLDER = "diffstyler_clip"
-EXTENSIONS = (".pt", ".pth", ".safetensors")
+EXTENSIONS = (".pt", ".safetensors")  # ultralytics reads checkpoints named .pt only
 INSTALL_HINT = (
     "FastSAM needs the optional package 'ultralytics' (AGPL-3.0): run 'pip install ultralytics' in ComfyUI's "
     "Python environment and restart ComfyUI"
@@ -120,14 +120,13 @@ def file_key(path: str) -> tuple[str, int, int]:
 
 
 def _segmentation_module(path: str, name: str):
-    """Load the torch module (CPU, fp32, eval) from a .pt/.pth checkpoint or a .safetensors state dict."""
+    """Load the torch module (CPU, fp32, eval) from a .pt checkpoint or a .safetensors state dict."""
     _, _, tasks, _ = import_ultralytics()
     try:
         if path.lower().endswith(".safetensors"):
             module, scale = _module_from_safetensors(path, tasks)
         else:
-            loader = getattr(tasks, "load_checkpoint", None) or tasks.attempt_load_one_weight
-            module = loader(path)[0]
+            module = _module_from_checkpoint(path, tasks)
             scale = str(getattr(module, "yaml", {}).get("scale", "") or "?")
     except FileNotFoundError:
         raise
@@ -142,6 +141,63 @@ def _segmentation_module(path: str, name: str):
             f"FastSAM-s.pt or FastSAM-x.pt (YOLOv8-seg)"
         )
     return module.float().eval(), scale
+
+
+_warned_unsafe = False
+
+
+def safe_pickle_loading(tasks) -> bool:
+    """Whether this ultralytics + torch can read a checkpoint with ``weights_only=True`` (an allow-list of classes)."""
+    import inspect
+
+    load = getattr(tasks, "torch_safe_load", None)
+    safe = getattr(tasks, "_SafeLoad", None)
+    try:
+        has_flag = load is not None and "safe_only" in inspect.signature(load).parameters
+    except (TypeError, ValueError):
+        has_flag = False
+    return bool(has_flag and safe is not None and getattr(safe, "SUPPORTED", False))
+
+
+def _module_from_checkpoint(path: str, tasks) -> torch.nn.Module:
+    """An ultralytics checkpoint -> its network, unpickled weights-only (no code in the file runs) when possible.
+
+    ultralytics' ``torch_safe_load(path, safe_only=True)`` loads with ``weights_only=True`` and an allow-list of
+    its own model classes; a file that references anything else is refused. Older ultralytics (or torch < 2.6)
+    lack it: the file is then unpickled in full (only ever from the registered model folder) and a warning says
+    to upgrade.
+    """
+    global _warned_unsafe
+    if not safe_pickle_loading(tasks):
+        if not _warned_unsafe:
+            _warned_unsafe = True
+            logger.warning(
+                "DiffStyler: this ultralytics/torch cannot load .pt files weights-only, so %s is unpickled in full "
+                "(code stored in it would run); upgrade ultralytics ('pip install -U ultralytics') and torch >= 2.6, "
+                "or use a .safetensors copy of the weights",
+                path,
+            )
+        loader = getattr(tasks, "load_checkpoint", None) or tasks.attempt_load_one_weight
+        return loader(path)[0]
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    ckpt, _ = tasks.torch_safe_load(path, safe_only=True)
+    if not isinstance(ckpt, dict):
+        raise TypeError(f"the file holds a {type(ckpt).__name__}, not an ultralytics checkpoint")
+    module = ckpt.get("ema") or ckpt.get("model")
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError("the checkpoint has no 'model' network")
+    # what ultralytics' own load_checkpoint sets on a loaded network
+    module.args = {**DEFAULT_CFG_DICT, **(ckpt.get("train_args") or {})}
+    module.pt_path = path
+    if not hasattr(module, "task"):
+        module.task = "segment"
+    if not hasattr(module, "stride"):
+        module.stride = torch.tensor([32.0])
+    for m in module.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = True
+    return module
 
 
 def _module_from_safetensors(path: str, tasks):
@@ -174,7 +230,9 @@ def load_model(name: str) -> FastSAMModel:
         "imgsz": 1024,
         "conf": 0.4,
         "iou": 0.9,
-        "retina_masks": True,  # masks at the input image's resolution
+        # masks at inference resolution: full-size masks for every detection cost detections x pixels
+        # (~115 GB for 300 detections on an 8k photo); segment() upsamples only the selected one
+        "retina_masks": False,
         "verbose": False,
         "save": False,
         "device": "cpu",
@@ -214,25 +272,64 @@ def _drop_outputs(predictor) -> None:
             setattr(predictor, name, None)
 
 
-def detect(model: FastSAMModel, image: torch.Tensor, imgsz: int, conf: float, iou: float) -> torch.Tensor:
-    """FastSAM "everything": image ``[H,W,3]`` float 0..1 RGB -> detections ``[N,H,W]`` bool on the CPU.
+def letterbox_window(grid: tuple[int, int], image: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the picture inside a letterboxed ``grid`` (ultralytics' centred padding)."""
+    (gh, gw), (h, w) = grid, image
+    gain = min(gh / h, gw / w)
+    pad_h, pad_w = (gh - h * gain) / 2, (gw - w * gain) / 2
+    top, left = int(round(pad_h - 0.1)), int(round(pad_w - 0.1))
+    return top, gh - int(round(pad_h + 0.1)), left, gw - int(round(pad_w + 0.1))
 
-    Call inside :func:`on_compute_device`.
+
+def detection_grid(data: torch.Tensor, height: int, width: int, chunk: int = 32) -> torch.Tensor:
+    """Letterboxed masks ``[N,gh,gw]`` -> bool ``[N,h,w]``: the picture's window, no finer than the image.
+
+    A window larger than the image (small pictures are scaled up to imgsz) is resized down to the image
+    (bilinear, > 0.5, ``chunk`` masks at a time); a smaller one is kept as it is. Masks left with no pixel
+    (all in the padding, or thinner than a pixel of the image) are dropped, as ultralytics drops empty ones.
+    """
+    top, bottom, left, right = letterbox_window(tuple(data.shape[-2:]), (height, width))
+    cropped = (top, left, bottom, right) != (0, 0, *data.shape[-2:])
+    window = data[:, top:bottom, left:right] if cropped else data
+    gh, gw = window.shape[-2:]
+    if (gh, gw) == (height, width) or gh * gw < height * width:
+        # ultralytics >= 8.1 gives 0/1 uint8 masks: reinterpret them, no pass over N x h x w
+        out = (window.view(torch.bool) if window.dtype == torch.uint8 else window > 0.5).cpu()
+    else:
+        cropped = True
+        out = torch.empty((data.shape[0], height, width), dtype=torch.bool)
+        for start in range(0, data.shape[0], chunk):
+            part = window[start : start + chunk].float()[None]
+            out[start : start + chunk] = (
+                torch.nn.functional.interpolate(part, size=(height, width), mode="bilinear")[0] > 0.5
+            ).cpu()
+    if not cropped:  # ultralytics already dropped the empty masks
+        return out
+    keep = out.flatten(1).any(dim=1)
+    return out if bool(keep.all()) else out[keep]
+
+
+def detect(model: FastSAMModel, image: torch.Tensor, imgsz: int, conf: float, iou: float) -> torch.Tensor:
+    """FastSAM "everything": image ``[H,W,3]`` float 0..1 RGB -> detections ``[N,h,w]`` bool on the CPU.
+
+    ``h x w`` is the image's size, or FastSAM's inference resolution when the image is larger (see
+    :func:`detection_grid`); :func:`segment` maps prompts onto that grid. Call inside :func:`on_compute_device`.
     """
     h, w = image.shape[:2]
     predictor = model.predictor
     predictor.args.imgsz = int(imgsz)
     predictor.args.conf = float(conf)
     predictor.args.iou = float(iou)
+    predictor.args.retina_masks = False
     bgr = np.ascontiguousarray(prompts.to_uint8(image)[..., ::-1])  # ultralytics reads numpy arrays as BGR
     results = predictor(source=bgr, stream=False)
     masks = results[0].masks if results else None
     if masks is None:
         return torch.zeros((0, h, w), dtype=torch.bool)
     data = masks.data
-    if tuple(data.shape[-2:]) != (h, w):
-        data = torch.nn.functional.interpolate(data[None].float(), size=(h, w), mode="nearest")[0]
-    return (data > 0.5).cpu()
+    del results, masks
+    _drop_outputs(predictor)
+    return detection_grid(data, h, w)
 
 
 # ---------------------------------------------------------------------------------------------- CLIP
@@ -342,9 +439,9 @@ def text_scores(clip: ClipScorer, image: torch.Tensor, masks: torch.Tensor, text
 
 
 def estimate_memory(model: FastSAMModel, request: prompts.MaskRequest, height: int, width: int, clip=None) -> int:
-    """Rough bytes FastSAM needs on the compute device: weights, activations at imgsz, up to 300 full-size masks."""
+    """Rough bytes FastSAM needs on the compute device: weights, activations and up to 300 masks at imgsz."""
     activations = request.imgsz * request.imgsz * 3 * 4 * 64
-    masks = 300 * height * width * 4
+    masks = 300 * request.imgsz * request.imgsz * 4
     return model.weight_bytes() + activations + masks + (clip.weight_bytes() if clip is not None else 0)
 
 
@@ -378,12 +475,13 @@ def segment(
     images: torch.Tensor,
     request: prompts.MaskRequest,
     clip: ClipScorer | None = None,
-    on_image: Callable[[int, int, prompts.Selection], None] | None = None,
 ) -> torch.Tensor:
     """FastSAM + prompt-guided selection over a batch: images ``[B,H,W,3]`` RGB 0..1 -> MASK ``[B,H,W]`` float 0..1.
 
-    Checks ComfyUI's interrupt before each image and advances a progress bar per image. An image with no
-    detection (or no matching detection) gets an empty mask and a logged warning.
+    Selection runs on the detection grid (at most FastSAM's inference resolution) with the prompts mapped onto
+    it; only the selected mask is brought back to the image's size, so memory does not grow with detections x
+    pixels. Checks ComfyUI's interrupt before each image and advances a progress bar per image. An image with
+    no detection (or no matching detection) gets an empty mask and a logged warning.
     """
     b, h, w, _ = images.shape
     if request.mode == "text" and clip is None:
@@ -395,20 +493,23 @@ def segment(
         for i in range(b):
             comfy.model_management.throw_exception_if_processing_interrupted()
             dets = detect(model, images[i], request.imgsz, request.conf, request.iou)
-            scores = text_scores(clip, images[i], dets, request.texts) if request.mode == "text" else None
-            sel = prompts.select_mask(dets, request, scores)
+            gh, gw = dets.shape[-2:]
+            scores = None
+            if request.mode == "text":
+                scores = text_scores(clip, prompts.resize_image(images[i], gh, gw), dets, request.texts)
+            sel = prompts.select_mask(dets, prompts.scale_request(request, h, w, gh, gw), scores)
+            found = int(dets.shape[0])
+            del dets
             if sel.note:
                 logger.warning(
                     "DiffStyler FastSAM Mask: image %d of %d: %s (%d detection(s), mode %s, conf %.2f): empty mask",
                     i,
                     b,
                     sel.note,
-                    dets.shape[0],
+                    found,
                     request.mode,
                     request.conf,
                 )
-            out[i] = sel.mask.float()
-            if on_image is not None:
-                on_image(i, int(dets.shape[0]), sel)
+            out[i] = prompts.upsample_mask(sel.mask, h, w)
             pbar.update(1)
     return out

@@ -5,16 +5,19 @@ arXiv 2306.12156) works in two stages: all-instance segmentation, then prompt-gu
 those masks. This module is the second stage.
 
 Shapes: IMAGE ``[B,H,W,C]`` float 0..1, MASK ``[B,H,W]`` float 0..1, the detections of one image
-``[N,H,W]`` bool at that image's size. Coordinates are pixels of the input image, x to the right,
-y down; a point names a pixel, a box ``[x0,y0,x1,y1]`` spans ``x0 <= x < x1``. Coordinates are rounded
-to integers (half up), as the pack's point/box editor (js/lib/geometry.js) does.
+``[N,h,w]`` bool on a detection grid no finer than the image (FastSAM's inference resolution for large
+pictures: memory must not grow with detections x pixels); :func:`scale_request` maps the prompts onto that
+grid and :func:`upsample_mask` brings the one selected mask back to the image. Coordinates are pixels of
+the input image, x to the right, y down; a point names a pixel, a box ``[x0,y0,x1,y1]`` spans
+``x0 <= x < x1``. Coordinates are rounded to integers (half up), as the pack's point/box editor
+(js/lib/geometry.js) does.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -240,6 +243,65 @@ def check_prompts_inside(request: MaskRequest, height: int, width: int) -> None:
                 f"boxes: box {i} [{b.x0}, {b.y0}, {b.x1}, {b.y1}] is outside the {width}x{height} image "
                 f"(x in 0..{width}, y in 0..{height}); give coordinates in pixels of the input image"
             )
+
+
+# ---------------------------------------------------------------------------------------------- grids
+
+
+def grid_index(size: int, grid: int) -> torch.Tensor:
+    """For each of ``size`` image pixels along one axis, its cell on a ``grid``-cell axis: ``(i * grid) // size``.
+
+    The one mapping used both ways (prompts to the grid, the grid mask back to the image), so a prompt's
+    pixel in the upsampled mask is exactly the cell the selection tested.
+    """
+    return torch.div(torch.arange(size, dtype=torch.int64) * grid, size, rounding_mode="floor")
+
+
+def scale_request(request: MaskRequest, height: int, width: int, grid_h: int, grid_w: int) -> MaskRequest:
+    """``request`` with points and boxes moved from ``height x width`` image pixels to a ``grid_h x grid_w`` grid.
+
+    A point goes to the cell holding it; a box ``[x0, x1)`` to the cells it touches (floor/ceil).
+    """
+    if (grid_h, grid_w) == (height, width):
+        return request
+
+    def cell(v: int, size: int, grid: int) -> int:
+        return (v * grid) // size
+
+    def cell_end(v: int, size: int, grid: int) -> int:
+        return -((-v * grid) // size)
+
+    points = tuple(PointPrompt(cell(p.x, width, grid_w), cell(p.y, height, grid_h), p.positive) for p in request.points)
+    boxes = tuple(
+        BoxPrompt(
+            cell(b.x0, width, grid_w),
+            cell(b.y0, height, grid_h),
+            cell_end(b.x1, width, grid_w),
+            cell_end(b.y1, height, grid_h),
+        )
+        for b in request.boxes
+    )
+    return replace(request, points=points, boxes=boxes)
+
+
+def upsample_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A ``[h,w]`` grid mask -> ``[height,width]`` (nearest cell, through :func:`grid_index`; a copy either way)."""
+    h, w = mask.shape[-2:]
+    if (h, w) == (height, width):
+        return mask.clone()
+    rows = grid_index(height, h).to(mask.device)
+    cols = grid_index(width, w).to(mask.device)
+    return mask.index_select(0, rows).index_select(1, cols)
+
+
+def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[H,W,3]`` float -> ``[height,width,3]`` (area average when shrinking, bilinear when growing)."""
+    if tuple(image.shape[:2]) == (height, width):
+        return image
+    mode = "area" if height <= image.shape[0] and width <= image.shape[1] else "bilinear"
+    chw = image.permute(2, 0, 1)[None].float()
+    out = torch.nn.functional.interpolate(chw, size=(height, width), mode=mode)
+    return out[0].permute(1, 2, 0).clamp(0.0, 1.0).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------- images

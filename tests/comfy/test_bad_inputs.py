@@ -18,14 +18,15 @@ Documented fallbacks (what the README should say; see docs/reliability.md):
 * a latent batch of 4 with 4 masks: every item is styled in its own region, like a batch of 1;
 * eight styles: one UNet call per step (1 content row + 16 style rows);
 * RGBA / one-channel images into FastSAM: alpha dropped, gray expanded to RGB; an 8192x8192 image at imgsz 256
-  segments in ~10 s within 4.6x the float image's memory (~3.5 GB) when nothing is detected (with detections,
-  memory grows with detections x pixels: a known bug, see the strict xfail below);
+  segments in ~10 s within 4.6x the float image's memory (~3.5 GB), with or without detections (selection runs
+  at FastSAM's inference resolution; only the chosen mask is brought to 8k);
 * Train Style LoRA: RGBA style images lose their alpha; a failing save leaves no file (and an older file of that
   name intact).
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import dst_core
@@ -190,9 +191,9 @@ def checked(result):
     return result
 
 
-def mask_node(mods, image, fastsam=None, imgsz=64, mode="everything"):
+def mask_node(mods, image, fastsam=None, imgsz=64, mode="everything", points=""):
     node = mods.segment.DiffStylerFastSAMMask
-    return node.execute(image, fastsam, mode, "", "", "", imgsz, 0.4, 0.9, "union", 0, "none")
+    return node.execute(image, fastsam, mode, points, "", "", imgsz, 0.4, 0.9, "union", 0, "none")
 
 
 def unknown_unet():
@@ -818,24 +819,36 @@ def test_fastsam_8k_image_stays_within_memory(mods, fastsam_models, stays_clean)
     assert ratio < 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: FastSAM masks are upsampled to the full image size for every detection (retina_masks=True), so "
-    "memory grows with detections x pixels (~6 bytes each: 700 MB for 300 detections on 640x640); 300 detections on "
-    "an 8192x8192 photo need ~115 GB",
-)
 def test_fastsam_memory_does_not_grow_with_detections_times_pixels(mods, fastsam_models, stays_clean):
     dense = fastsam_models.load_model(DENSE)
     size = 640
     image = ff.scene_tensor(1, size, size)
     with fastsam_models.on_compute_device(dense):
         n = int(fastsam_models.detect(dense, image[0], 256, 0.4, 0.9).shape[0])
-    if n < 50:  # not an AssertionError: the strict xfail must not pass for this reason
-        raise RuntimeError(f"the dense test model found {n} objects; this test needs many (50 or more)")
+    assert n >= 50, f"the dense test model found {n} objects; this test needs many (50 or more)"
     out, peak = rt.peak_rss_growth(lambda: mask_node(mods, image, dense, imgsz=256))
     print(f"\n{n} detections on {size}x{size}: peak RSS growth {peak / 2**20:.0f} MB")
     assert peak < 64 * size * size + 200 * 2**20  # a few image-sized buffers + the network at imgsz
+
+
+def test_fastsam_8k_image_with_many_detections_and_a_point(mods, fastsam_models, stays_clean):
+    """Before the fix every detection was upsampled to 8192x8192 (~115 GB for 300 of them)."""
+    dense = fastsam_models.load_model(DENSE)
+    size = 8192
+    image = torch.nn.functional.interpolate(ff.scene_tensor(1, 256, 256).permute(0, 3, 1, 2), size=(size, size))
+    image = image.permute(0, 2, 3, 1).contiguous()
+    with fastsam_models.on_compute_device(dense):
+        dets = fastsam_models.detect(dense, image[0], 256, 0.4, 0.9)
+    assert dets.shape[0] >= 50 and tuple(dets.shape[1:]) == (256, 256)  # the inference grid, not 8k
+    gy, gx = (int(v) for v in torch.nonzero(dets.any(0))[len(torch.nonzero(dets.any(0))) // 2])
+    x, y = gx * 32 + 5, gy * 32 + 17  # a pixel of that cell (8192 / 256 = 32 pixels a cell)
+    points = json.dumps([{"x": x, "y": y, "label": 1}])
+    out, peak = rt.peak_rss_growth(lambda: mask_node(mods, image, dense, mode="points", points=points, imgsz=256))
+    mask = out.args[0]
+    ratio = peak / image.nbytes
+    print(f"\n{dets.shape[0]} detections, {size}x{size}, a point: peak RSS growth {peak / 2**20:.0f} MB = {ratio:.1f}x")
+    assert mask.shape == (1, size, size) and bool(mask[0, y, x])
+    assert ratio < 8
 
 
 def test_train_rgba_style_image_drops_alpha(tiny, mods, stays_clean):

@@ -26,7 +26,7 @@ DENSE = "ds_fastsam_dense.pt"
 DENSE_ST = "ds_fastsam_dense.safetensors"
 QUIET = "ds_fastsam_quiet.pt"
 NOT_A_MODEL = "ds_not_a_model.pt"
-STATE_DICT = "ds_state_dict.pth"
+STATE_DICT = "ds_state_dict.pt"
 CLIP = "ds_tiny_clip"
 IMGSZ = 128  # test pictures are 96x64; FastSAM letterboxes them to 128x96
 REPO = Path(__file__).resolve().parents[2]
@@ -144,7 +144,7 @@ def test_loader_finds_weights_through_folder_paths(models, fs, seg, comfy_home):
     import folder_paths
 
     paths, exts = folder_paths.folder_names_and_paths["fastsam"]
-    assert {".pt", ".pth", ".safetensors"} <= set(exts)
+    assert {".pt", ".safetensors"} <= set(exts)
     assert str(comfy_home.models / "fastsam") in paths
     assert "diffstyler_clip" in folder_paths.folder_names_and_paths
     names = folder_paths.get_filename_list("fastsam")
@@ -228,7 +228,7 @@ def test_the_picture_reaches_ultralytics_as_full_size_bgr(fs, dense, monkeypatch
     (arr,) = seen
     assert arr.dtype == np.uint8 and arr.shape == (64, 96, 3)
     assert np.array_equal(arr[..., ::-1], ff.scene(64, 96, seed=0))  # BGR, as ultralytics reads numpy arrays
-    assert dense.predictor.args.imgsz == IMGSZ and dense.predictor.args.retina_masks
+    assert dense.predictor.args.imgsz == IMGSZ and not dense.predictor.args.retina_masks
 
 
 def test_rgba_and_gray_inputs(seg, dense):
@@ -267,6 +267,30 @@ def test_point_prompt_returns_a_mask_containing_the_point(fs, seg, dense, quiet)
     # no detection holds the point: empty mask, no crash
     mask, _, _ = run_mask(seg, quiet, image, "points", ff.points_json((10, 10, 1)))
     assert not mask.any()
+
+
+def test_large_images_select_on_the_inference_grid(fs, seg, dense):
+    """A picture larger than imgsz: detections stay at inference resolution, only the chosen mask is upsampled."""
+    from comfyui_diffstyler.nodes.core import prompts
+
+    image = torch.nn.functional.interpolate(ff.scene_tensor().permute(0, 3, 1, 2), size=(256, 384)).permute(0, 2, 3, 1)
+    dets = detections(fs, dense, image[0].contiguous())
+    gh, gw = dets.shape[1:]
+    assert gw == IMGSZ and gh < 256 and dets.shape[0] > 0  # the letterbox window, not 256x384
+    areas = dets.flatten(1).sum(1)
+    checked = 0
+    for y in range(7, 256, 50):
+        for x in range(11, 384, 70):
+            mask, _, _ = run_mask(seg, dense, image, "points", ff.points_json((x, y, 1)))
+            assert mask.shape == (1, 256, 384)
+            cy, cx = (y * gh) // 256, (x * gw) // 384
+            holders = torch.nonzero(dets[:, cy, cx]).flatten()
+            assert bool(mask[0, y, x]) == (holders.numel() > 0)
+            if holders.numel():
+                smallest = holders[torch.argmin(areas[holders])]
+                assert torch.equal(mask[0].bool(), prompts.upsample_mask(dets[smallest], 256, 384))
+                checked += 1
+    assert checked > 0
 
 
 def test_negative_point_removes_the_masks_containing_it(fs, seg, dense):

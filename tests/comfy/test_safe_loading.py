@@ -136,21 +136,57 @@ def test_fastsam_pickle_outside_the_folder_is_never_opened(comfy_home, fastsam, 
     assert not marker.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG (hardening): a .pt in models/fastsam is unpickled with weights_only=False, so a code payload runs "
-    "(the README warns about it). ultralytics >= 8.4 offers tasks.torch_safe_load(path, safe_only=True), a "
-    "weights_only load with an allow-list of its model classes, which loads FastSAM checkpoints and refuses this",
-)
 def test_fastsam_pickle_inside_the_folder_does_not_run_code(comfy_home, fastsam, tmp_path, live_payload_check, cleanup):
     from comfyui_diffstyler.nodes.segment import DiffStylerFastSAMLoader
 
     marker = tmp_path / "inside.marker"
     cleanup.append(write_payload(comfy_home.models / "fastsam" / "rel_evil_inside.pt", marker, key="model"))
-    with pytest.raises(ValueError, match=r"model_name: 'rel_evil_inside\.pt' .*is not a FastSAM/YOLOv8-seg model"):
+    with pytest.raises(ValueError, match=r"model_name: 'rel_evil_inside\.pt' .*is not a FastSAM/YOLOv8-seg model") as e:
         DiffStylerFastSAMLoader.execute("rel_evil_inside.pt")
+    assert "references types outside the supported Ultralytics checkpoint format" in str(e.value)
     assert not marker.exists(), "the pickle's code ran while loading a FastSAM file"
+
+
+def test_fastsam_checkpoints_load_weights_only(comfy_home, fastsam, tmp_path, cleanup, monkeypatch):
+    """A real ultralytics checkpoint loads through the weights-only path (torch.load never sees weights_only=False)."""
+    import fastsam_fixtures as ff
+    from comfyui_diffstyler.nodes.adapters import fastsam as fs
+
+    _, _, tasks, _ = fs.import_ultralytics()
+    assert fs.safe_pickle_loading(tasks), "this ultralytics/torch should offer torch_safe_load(safe_only=True)"
+    path = comfy_home.models / "fastsam" / "rel_safe_check.pt"
+    ff.save_fastsam(path, seed=3, class_bias=2.0)
+    cleanup.append(path)
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    handle = fs.load_model("rel_safe_check.pt")
+    assert calls and all(flag is True for flag in calls), calls
+    assert handle.scale == "s"
+    image = ff.scene_tensor()[0]
+    with fs.on_compute_device(handle):
+        assert fs.detect(handle, image, 128, 0.4, 0.9).shape[0] > 0
+
+
+def test_fastsam_without_safe_loading_warns_and_still_loads(comfy_home, fastsam, cleanup, monkeypatch, caplog):
+    """Old ultralytics (no safe_only): the documented fallback unpickles from the model folder and says so."""
+    import fastsam_fixtures as ff
+    from comfyui_diffstyler.nodes.adapters import fastsam as fs
+
+    path = comfy_home.models / "fastsam" / "rel_old_ultralytics.pt"
+    ff.save_fastsam(path, seed=4, class_bias=2.0)
+    cleanup.append(path)
+    monkeypatch.setattr(fs, "safe_pickle_loading", lambda tasks: False)
+    monkeypatch.setattr(fs, "_warned_unsafe", False)
+    with caplog.at_level("WARNING"):
+        handle = fs.load_model("rel_old_ultralytics.pt")
+    assert handle.scale == "s"
+    assert any("cannot load .pt files weights-only" in r.getMessage() for r in caplog.records)
 
 
 # ---------------------------------------------------------------------------------------------- names and symlinks
