@@ -1,6 +1,6 @@
 """FastSAM nodes (design Sec. 3): a model loader and prompt-driven masks for the styles.
 
-Weights live in ``models/fastsam`` (.pt/.pth/.safetensors), CLIP folders for text prompts in
+Weights live in ``models/fastsam`` (.pt/.safetensors), CLIP folders for text prompts in
 ``models/diffstyler_clip/<name>/``. Both folders are registered with ComfyUI when this module is imported.
 ultralytics is optional: without it these nodes still register and fail at run time with an install hint.
 """
@@ -55,7 +55,7 @@ class DiffStylerFastSAMLoader(io.ComfyNode):
                 io.Combo.Input(
                     "model_name",
                     options=folder_paths.get_filename_list(fastsam_adapter.FOLDER),
-                    tooltip="A weights file in ComfyUI/models/fastsam (.pt, .pth or a .safetensors state dict).",
+                    tooltip="A weights file in ComfyUI/models/fastsam (.pt, or a .safetensors state dict).",
                 ),
             ],
             outputs=[
