@@ -66,10 +66,34 @@ def spatial_weights(call, hw: tuple[int, int], device, dtype) -> list[torch.Tens
     return cache[key]
 
 
+def _stacked_factors(module, deltas: dict, styles: tuple, device, dtype):
+    """``(down [R, in], up [out, R], ranks)``: the styles' low-rank factors side by side (scales folded into up).
+
+    None when a style's delta is not a plain low-rank pair (full-weight or bias deltas take the loop).
+    Cached on the patched layer's class per (styles, device, dtype).
+    """
+    cache = type(module)._ds_cache
+    key = ("fused_stack", styles, device, dtype)
+    if key not in cache:
+        ds = [deltas[s] for s in styles]
+        if any(d.weight is not None or d.bias is not None or d.down is None for d in ds):
+            cache[key] = None
+        else:
+            down = torch.cat([d.down.flatten(1) for d in ds]).to(device, dtype)
+            up = torch.cat([d.up.flatten(1) * d.scale for d in ds], dim=1).to(device, dtype)
+            cache[key] = (down, up, tuple(int(d.down.shape[0]) for d in ds))
+    return cache[key]
+
+
 def fused_lora_delta(module, x: torch.Tensor, call, deltas: dict, cast) -> torch.Tensor | None:
-    """The token-masked sum of every style's LoRA delta on the fused rows, or None when not spatial."""
+    """The token-masked sum of every style's LoRA delta on the fused rows, or None when not spatial.
+
+    Linear layers with plain low-rank deltas take two matmuls whatever k is:
+    ``sum_s w_s * (x D_s^T) U_s^T = ((x [D_1..D_k]^T) * [w_1..w_k]) [U_1..U_k]^T`` (each ``w_s`` repeated over
+    its rank). Conv layers and full-weight deltas loop over the styles.
+    """
     rows = call.fused_rows
-    xr = x.index_select(0, rows)
+    xr = x if rows.numel() == x.shape[0] else x.index_select(0, rows)
     if isinstance(module, torch.nn.Conv2d):
         from ..core.lora import conv2d_delta
 
@@ -86,11 +110,20 @@ def fused_lora_delta(module, x: torch.Tensor, call, deltas: dict, cast) -> torch
     weights = token_weights(call, xr.shape[1], xr.device, xr.dtype)
     if weights is None:
         return None
+    styles = tuple(s for s in deltas if weights[s] is not None)
+    if not styles:
+        return None
+    stack = _stacked_factors(module, deltas, styles, xr.device, xr.dtype)
+    if stack is not None:
+        down, up, ranks = stack
+        key = ("rank_weights", xr.shape[1], xr.device, xr.dtype, styles, ranks)
+        cache = call.fused_token_cache
+        if key not in cache:
+            cache[key] = torch.cat([weights[s].expand(-1, -1, r) for s, r in zip(styles, ranks)], dim=-1)
+        return F.linear(F.linear(xr, down) * cache[key], up)
     total = None
-    for s, d in deltas.items():
-        if weights[s] is None:
-            continue
-        dd = linear_delta(xr, cast(s, d, x)) * weights[s]
+    for s in styles:
+        dd = linear_delta(xr, cast(s, deltas[s], x)) * weights[s]
         total = dd if total is None else total + dd
     return total
 
@@ -100,6 +133,42 @@ def _project(module, ctx: torch.Tensor, delta, cast_fn) -> torch.Tensor:
     out = F.linear(ctx.to(w.dtype), w, module.bias)
     if delta is not None:
         out = out + linear_delta(ctx.to(w.dtype), cast_fn(delta, ctx)).to(out.dtype)
+    return out
+
+
+def _region_kv(state, module, key, call, regions, dk, dv, device, dtype):
+    """K and V of every region's prompt ``[R, 2 (cond, uncond), L, C]`` through that region's style LoRA.
+
+    They depend only on the prompts and the weights, so they are computed once per sampling run (cached on
+    the run) instead of once per layer call. None when the prompts differ in length (the caller loops).
+    """
+    cache = state.run.fused_kv_cache if state.run is not None else {}
+    ckey = (key, tuple(regions), device, dtype)
+    if ckey in cache:
+        return cache[ckey]
+    n_regions = len(call.fused_contexts)
+
+    def cast(d, ref):
+        return d.to(ref.device, module.to_k.weight.dtype)
+
+    ks, vs = [], []
+    for region in regions:
+        style = region if region < n_regions - 1 else None
+        kr, vr = [], []
+        for ctx in call.fused_contexts[region]:
+            ctx = ctx[:1].to(device)
+            kr.append(_project(module.to_k, ctx, dk.get(style) if style is not None else None, cast)[0])
+            vr.append(_project(module.to_v, ctx, dv.get(style) if style is not None else None, cast)[0])
+        ks.append(kr)
+        vs.append(vr)
+    lengths = {t.shape[0] for pair in ks for t in pair}
+    out = None
+    if len(lengths) == 1:
+        out = (
+            torch.stack([torch.stack(pair) for pair in ks]).to(dtype),
+            torch.stack([torch.stack(pair) for pair in vs]).to(dtype),
+        )
+    cache[ckey] = out
     return out
 
 
@@ -118,40 +187,23 @@ def make_attn2_replace(state, attn2_modules: dict, previous=None):
             transformer_options=extra_options,
         )
 
-    def diffstyler_region_attn2(q, k, v, extra_options):
-        call = state.call if state.run is not None else None
-        out = plain(q, k, v, extra_options)
-        if call is None or call.fused_rows is None:
-            return out
-        block = extra_options.get("block")
-        module = attn2_modules.get((block[0], int(block[1]), int(extra_options.get("block_index", 0))))
-        if module is None:
-            return out
-        rows = call.fused_rows
-        qr = q.index_select(0, rows)
-        weights = token_weights(call, qr.shape[1], qr.device, qr.dtype)
-        if weights is None:
-            return out
-        heads = extra_options["n_heads"]
+    def region_loop(call, module, qr, weights, regions, dk, dv, heads, extra_options):
+        """One attention per (region, role): prompts of different lengths."""
         fused = torch.zeros_like(qr)
-        to_k, to_v = module.to_k, module.to_v
-        dk = getattr(type(to_k), "_ds_deltas", {}) if hasattr(type(to_k), "_ds_deltas") else {}
-        dv = getattr(type(to_v), "_ds_deltas", {}) if hasattr(type(to_v), "_ds_deltas") else {}
 
         def cast(d, ref):
             return d.to(ref.device, module.to_k.weight.dtype)
 
-        for region, ctx_by_role in enumerate(call.fused_contexts):  # styles..., background last
-            if ctx_by_role is None:
-                continue
+        for region in regions:
+            ctx_by_role = call.fused_contexts[region]
             for uncond in (False, True):
                 sel = [i for i, u in enumerate(call.fused_uncond) if u == uncond]
                 if not sel:
                     continue
                 ctx = ctx_by_role[1 if uncond else 0].to(qr.device)
                 style = region if region < len(call.fused_contexts) - 1 else None
-                kk = _project(to_k, ctx, dk.get(style) if style is not None else None, cast)
-                vv = _project(to_v, ctx, dv.get(style) if style is not None else None, cast)
+                kk = _project(module.to_k, ctx, dk.get(style) if style is not None else None, cast)
+                vv = _project(module.to_v, ctx, dv.get(style) if style is not None else None, cast)
                 idx = torch.tensor(sel, device=qr.device)
                 qs = qr.index_select(0, idx)
                 o = attention.optimized_attention(
@@ -162,6 +214,50 @@ def make_attn2_replace(state, attn2_modules: dict, previous=None):
                     attn_precision=extra_options.get("attn_precision"),
                 )
                 fused.index_add_(0, idx, o * weights[region].index_select(0, idx))
+        return fused
+
+    def diffstyler_region_attn2(q, k, v, extra_options):
+        call = state.call if state.run is not None else None
+        if call is None or call.fused_rows is None:
+            return plain(q, k, v, extra_options)
+        block = extra_options.get("block")
+        key = (block[0], int(block[1]), int(extra_options.get("block_index", 0)))
+        module = attn2_modules.get(key)
+        if module is None:
+            return plain(q, k, v, extra_options)
+        rows = call.fused_rows
+        every_row = rows.numel() == q.shape[0]  # no content row in this call: nothing else to attend
+        qr = q if every_row else q.index_select(0, rows)
+        weights = token_weights(call, qr.shape[1], qr.device, qr.dtype)
+        if weights is None:
+            return plain(q, k, v, extra_options)
+        heads = extra_options["n_heads"]
+        to_k, to_v = module.to_k, module.to_v
+        dk = getattr(type(to_k), "_ds_deltas", {})
+        dv = getattr(type(to_v), "_ds_deltas", {})
+        regions = [r for r, ctx in enumerate(call.fused_contexts) if ctx is not None and weights[r] is not None]
+        kv = _region_kv(state, module, key, call, regions, dk, dv, qr.device, qr.dtype)
+        if kv is None:
+            fused = region_loop(call, module, qr, weights, regions, dk, dv, heads, extra_options)
+        else:
+            # every (region, row) pair in one attention call: queries repeated per region, each row's keys and
+            # values from its region's prompt and its role (cond/uncond)
+            kk, vv = kv  # [R, 2, L, C]
+            role = call.fused_role_index.to(qr.device)
+            n, r = qr.shape[0], len(regions)
+            keys = kk.index_select(1, role).flatten(0, 1)  # [R*n, L, C]
+            values = vv.index_select(1, role).flatten(0, 1)
+            o = attention.optimized_attention(
+                qr.repeat(r, 1, 1), keys, values, heads, attn_precision=extra_options.get("attn_precision")
+            )
+            w = call.fused_token_cache.get(("region_weights", tuple(regions), qr.shape[1], qr.device, qr.dtype))
+            if w is None:
+                w = torch.stack([weights[i] for i in regions])  # [R, n, T, 1]
+                call.fused_token_cache[("region_weights", tuple(regions), qr.shape[1], qr.device, qr.dtype)] = w
+            fused = (o.view(r, n, *o.shape[1:]) * w).sum(dim=0)
+        if every_row:
+            return fused.to(q.dtype)
+        out = plain(q, k, v, extra_options)
         return out.index_copy(0, rows, fused.to(out.dtype))
 
     return diffstyler_region_attn2

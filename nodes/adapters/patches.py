@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import comfy.ldm.modules.attention as attention
 import comfy.patcher_extension
 import torch
+import torch.nn.functional as F  # noqa: N812
 
 from ..core.lora import LayerDelta, conv2d_delta, linear_delta
 from ..core.schedule import blend_qk, find_sigma_index, in_window, qk_blend_ratio
@@ -73,6 +74,7 @@ class CallPlan:
     fused_rows: torch.Tensor | None = None  # feature-fusion mode: rows shared by every style
     fused_batch_index: torch.Tensor | None = None
     fused_uncond: list | None = None
+    fused_role_index: torch.Tensor | None = None  # per fused row: 0 cond, 1 uncond
     fused_weights: list | None = None  # per style, then background: [B,1,h,w]
     fused_contexts: list | None = None  # per style, then background: (cond context, uncond context)
     fused_latent_hw: tuple | None = None
@@ -99,6 +101,7 @@ class RunPlan:
     fused_weights: list | None = None
     fused_contexts: list | None = None
     latent_hw: tuple | None = None
+    fused_kv_cache: dict = field(default_factory=dict)  # feature fusion: region prompts' K/V per layer
 
 
 class PatchState:
@@ -168,11 +171,31 @@ class RowLoRAMixin:
             rng = call.lora_ranges.get(style)
             if rng is not None:  # contiguous rows: a view, and an in-place add on the fresh output
                 a, b = rng
-                out[a:b] += self._ds_delta(x[a:b], d).to(out.dtype)
+                if not self._ds_addmm(x[a:b], out[a:b], d):
+                    out[a:b] += self._ds_delta(x[a:b], d).to(out.dtype)
                 continue
             xr = x.index_select(0, rows)
             out = out.index_add(0, rows, self._ds_delta(xr, d).to(out.dtype))
         return out
+
+    def _ds_addmm(self, x, out, d: LayerDelta) -> bool:
+        """``out += up(down(x))`` as one matmul and one fused multiply-add into ``out`` (a Linear's rows).
+
+        False (nothing done) for conv layers, full-weight or bias deltas and mixed dtypes.
+        """
+        if (
+            d.down is None
+            or d.weight is not None
+            or d.bias is not None
+            or d.scale != 1.0
+            or isinstance(self, torch.nn.Conv2d)
+            or x.dtype != out.dtype
+            or not out.is_contiguous()
+        ):
+            return False
+        h = F.linear(x.reshape(-1, x.shape[-1]), d.down.flatten(1))
+        out.view(-1, out.shape[-1]).addmm_(h, d.up.flatten(1).t())
+        return True
 
     def _ds_delta(self, xr, d: LayerDelta):
         if isinstance(self, torch.nn.Conv2d):
@@ -218,7 +241,7 @@ class RowLoRAMixin:
         if key not in cache:
             if len(cache) > 16:
                 cache.clear()
-            cache[key] = d.to(x.device, x.dtype)
+            cache[key] = d.folded(x.device, x.dtype)
         return cache[key]
 
 
@@ -398,6 +421,7 @@ def make_apply_model_wrapper(state: PatchState):
             plan.fused_rows = _index([offset + j * b + i for j in fused_chunks for i in range(b)], device)
             plan.fused_batch_index = _index([i for _j in fused_chunks for i in range(b)], device)
             plan.fused_uncond = [roles[j][1] for j in fused_chunks for _i in range(b)]
+            plan.fused_role_index = _index([int(u) for u in plan.fused_uncond], device)
             plan.fused_weights = run.fused_weights
             plan.fused_contexts = run.fused_contexts
             plan.fused_latent_hw = run.latent_hw

@@ -37,13 +37,27 @@ class LayerDelta:
 
         return LayerDelta(cv(self.down), cv(self.up), self.scale, cv(self.weight), cv(self.bias))
 
+    def folded(self, device, dtype) -> LayerDelta:
+        """On ``device``/``dtype`` with the scale folded into ``up`` (one multiply fewer per call)."""
+        if self.up is None or self.scale == 1.0:
+            return self.to(device, dtype)
+        up = (self.up.float() * self.scale).to(device=device, dtype=dtype)
+        return LayerDelta(
+            self.down.to(device=device, dtype=dtype),
+            up,
+            1.0,
+            *(None if t is None else t.to(device=device, dtype=dtype) for t in (self.weight, self.bias)),
+        )
+
 
 def linear_delta(x: torch.Tensor, d: LayerDelta) -> torch.Tensor:
     """Delta output of a Linear layer for input ``x`` ``[..., in]``."""
     if d.weight is not None:
         out = F.linear(x, d.weight)
     else:
-        out = F.linear(F.linear(x, d.down.flatten(1)), d.up.flatten(1)) * d.scale
+        out = F.linear(F.linear(x, d.down.flatten(1)), d.up.flatten(1))
+        if d.scale != 1.0:
+            out = out * d.scale
     if d.bias is not None:
         out = out + d.bias
     return out
@@ -57,7 +71,9 @@ def conv2d_delta(x: torch.Tensor, d: LayerDelta, stride, padding, dilation, grou
         down = d.down if d.down.ndim == 4 else d.down[:, :, None, None]
         up = d.up if d.up.ndim == 4 else d.up[:, :, None, None]
         h = F.conv2d(x, down, None, stride, padding, dilation, groups)
-        out = F.conv2d(h, up) * d.scale
+        out = F.conv2d(h, up)
+        if d.scale != 1.0:
+            out = out * d.scale
     if d.bias is not None:
         out = out + d.bias.view(1, -1, 1, 1)
     return out

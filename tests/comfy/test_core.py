@@ -646,6 +646,57 @@ def test_feature_fusion_two_styles_two_rows(tiny, mods, inverted, prompts, conte
     print(f"\nfeature vs noise fusion, k=2 half masks: mean |diff| {float((feat - noise).abs().mean()):.3e}")
 
 
+def test_feature_fusion_complementary_halves_of_one_style_equal_one_full_mask(tiny, mods, inverted, prompts):
+    """Token weights that sum to 1: the same LoRA and prompt on the left and right halves == one full mask."""
+    lora = dst_core.random_lora(tiny.model, seed=43)
+
+    def fused(items):
+        styles = make_styles(mods, items)
+        patched = mods.inject.DiffStylerCrossLoRAInjector.execute(
+            tiny.model, styles, 0.6, 0.5, "adaptive", True, "feature"
+        ).args[0]
+        return run(mods, patched, inverted, prompts, styles)
+
+    one = fused([(lora, 1.0, prompts["style"], torch.ones(1, 64, 64))])
+    halves = fused(
+        [(lora, 1.0, prompts["style"], half_mask(left=True)), (lora, 1.0, prompts["style"], half_mask(left=False))]
+    )
+    diff = float((one - halves).abs().max())
+    print(f"\nfeature fusion, one style on two complementary halves vs one full mask: max |diff| {diff:.2e}")
+    assert diff <= 1e-4
+
+
+def test_feature_fusion_batched_paths_equal_the_per_region_loops(tiny, mods, inverted, prompts, monkeypatch):
+    """All regions' attentions in one call and all styles' LoRA factors side by side == one at a time."""
+    from comfyui_diffstyler.nodes.adapters import feature_fusion
+
+    items = [
+        (dst_core.random_lora(tiny.model, seed=44 + i), 1.0, prompts["style" if i == 0 else "style2"], m)
+        for i, m in enumerate((half_mask(left=True), torch.ones(1, 64, 64) * 0.5))
+    ]
+    styles = make_styles(mods, items)
+    patched = mods.inject.DiffStylerCrossLoRAInjector.execute(
+        tiny.model, styles, 0.6, 0.5, "adaptive", True, "feature"
+    ).args[0]
+    calls = {"batched": 0}
+    real_kv = feature_fusion._region_kv
+
+    def counting_kv(*a, **k):
+        out = real_kv(*a, **k)
+        calls["batched"] += out is not None
+        return out
+
+    monkeypatch.setattr(feature_fusion, "_region_kv", counting_kv)
+    batched = run(mods, patched, inverted, prompts, styles)
+    assert calls["batched"] > 0
+    monkeypatch.setattr(feature_fusion, "_region_kv", lambda *a, **k: None)
+    monkeypatch.setattr(feature_fusion, "_stacked_factors", lambda *a, **k: None)
+    looped = run(mods, patched, inverted, prompts, styles)
+    diff = float((batched - looped).abs().max())
+    print(f"\nfeature fusion k=2, batched vs per-region loops: max |diff| {diff:.2e}")
+    assert diff <= 1e-5 and not torch.equal(batched, inverted.content_latent)
+
+
 def test_two_styles_each_row_gets_its_own_lora(tiny, mods, inverted, prompts):
     """With two full masks the later style covers everything: the result must be that style's LoRA alone,
     although both styles' rows run in the same UNet call (the batched per-style LoRA path)."""
