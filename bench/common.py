@@ -73,8 +73,12 @@ def setup(cpu: bool):
     return sys.modules[PACK]
 
 
-def full_sd15(seed: int = 0):
-    """A full-size SD1.5 UNet (random weights) as a ModelPatcher, fp16 on a GPU, fp32 on the CPU."""
+def full_sd15(seed: int = 0, channels: int = 320):
+    """A full-size SD1.5 UNet (random weights) as a ModelPatcher, fp16 on a GPU, fp32 on the CPU.
+
+    ``channels`` < 320 keeps every layer and block of SD1.5 but narrows them (``model_channels``): little
+    arithmetic per layer, so the time is dominated by per-layer overhead, as on a fast GPU at small sizes.
+    """
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
@@ -82,7 +86,7 @@ def full_sd15(seed: int = 0):
 
     dev = mm.get_torch_device()
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    config = comfy.supported_models.SD15(dict(SD15_FULL))
+    config = comfy.supported_models.SD15(dict(SD15_FULL, model_channels=channels))
     config.set_inference_dtype(dtype, None)
     model = config.get_model({}, device=dev)
     g = torch.Generator(device=dev).manual_seed(seed)
@@ -155,34 +159,32 @@ def stripes(k: int, size: int):
 
 
 class PeakMemory:
-    """Peak device memory (CUDA allocator) or peak process RSS growth (CPU) while the block runs."""
+    """Peak memory while the block runs: ``peak`` is the CUDA allocator's peak on a GPU, else the process's
+    peak RSS; ``rss`` is always the process's peak RSS (polled every 5 ms). Both are totals, model included."""
 
     def __init__(self, device):
         self.device = device
         self.peak = 0
+        self.rss = 0
 
     def __enter__(self):
+        import psutil
         import torch
 
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            import psutil
+        self.proc = psutil.Process()
+        self.max = self.proc.memory_info().rss
+        self.stop = threading.Event()
 
-            self.proc = psutil.Process()
-            self.base = self.proc.memory_info().rss
-            self.max = self.base
-            self.stop = threading.Event()
+        def poll():
+            while not self.stop.is_set():
+                self.max = max(self.max, self.proc.memory_info().rss)
+                time.sleep(0.005)
 
-            def poll():
-                while not self.stop.is_set():
-                    self.max = max(self.max, self.proc.memory_info().rss)
-                    time.sleep(0.005)
-
-            self.thread = threading.Thread(target=poll, daemon=True)
-            self.thread.start()
+        self.thread = threading.Thread(target=poll, daemon=True)
+        self.thread.start()
         return self
 
     def __exit__(self, *exc):
@@ -190,9 +192,8 @@ class PeakMemory:
 
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated()
-        else:
-            self.stop.set()
-            self.thread.join()
-            self.peak = self.max
+        self.stop.set()
+        self.thread.join()
+        self.rss = max(self.max, self.proc.memory_info().rss)
+        self.peak = torch.cuda.max_memory_allocated() if self.device.type == "cuda" else self.rss
         return False

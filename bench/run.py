@@ -28,12 +28,14 @@ import time
 
 import common
 
+WARMUP = 1  # set from --warmup
 
-def timed(fn, device, repeats: int, warmup: int = 1):
+
+def timed(fn, device, repeats: int, warmup: int | None = None):
     import torch
 
     out = None
-    for _ in range(warmup):
+    for _ in range(WARMUP if warmup is None else warmup):
         out = fn()
     times = []
     for _ in range(repeats):
@@ -165,12 +167,22 @@ def main():
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs before each timed case (0 on a slow CPU)")
     ap.add_argument("--ks", default="1,2,3")
     ap.add_argument("--cfg", type=float, default=10.5)
+    ap.add_argument(
+        "--channels",
+        type=int,
+        default=320,
+        help="UNet model_channels (SD1.5: 320); e.g. 32 keeps every layer but little arithmetic, a proxy for the "
+        "per-layer overhead that bounds a fast GPU at small sizes",
+    )
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    global WARMUP
+    WARMUP = args.warmup
 
     pack = common.setup(args.cpu)
     import comfy.model_management as mm
@@ -185,7 +197,7 @@ def main():
 
     dev = mm.get_torch_device()
     ks = [int(k) for k in args.ks.split(",")]
-    model = common.full_sd15()
+    model = common.full_sd15(channels=args.channels)
     mm.load_models_gpu([model])
     h = args.size // 8
     latent = torch.randn(1, 4, h, h, generator=torch.Generator().manual_seed(0)) * 0.5
@@ -196,11 +208,16 @@ def main():
         "size": args.size,
         "steps": args.steps,
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "repeats": args.repeats,
+        "model_channels": args.channels,
+        "warmup": args.warmup,
         "diffstyler_s": {},
         "reference_s": {},
         "diffstyler_fast_s": {},
         "rows_per_step": {},
         "peak_mb": {},
+        "peak_rss_mb": {},
+        "peak_mb_measure": "CUDA allocator peak" if dev.type == "cuda" else "process peak RSS",
     }
 
     t_inv, inv = timed(lambda: inversion.invert(model, latent, args.steps, empty, disable_pbar=True), dev, args.repeats)
@@ -236,6 +253,7 @@ def main():
     with common.PeakMemory(dev) as pm:
         res["plain_s"], _ = timed(plain, dev, args.repeats)
     res["peak_mb"]["plain"] = pm.peak / 2**20
+    res["peak_rss_mb"]["plain"] = pm.rss / 2**20
     res["rows_per_step"]["plain"] = 2.0
     n = inv.steps
     win = max(int(0.6 * n + 0.5), int(0.5 * n + 0.5))
@@ -264,6 +282,7 @@ def main():
                 t, _ = timed(ours, dev, args.repeats)
             res.setdefault(key, {})[str(k)] = t
             res["peak_mb"][f"{tag}_k{k}"] = pm.peak / 2**20
+            res["peak_rss_mb"][f"{tag}_k{k}"] = pm.rss / 2**20
             res["rows_per_step"][f"{tag}_k{k}"] = rows
         del patched, fused
         if not args.no_reference:
@@ -277,6 +296,7 @@ def main():
                 )
             res["reference_s"][str(k)] = t
             res["peak_mb"][f"reference_k{k}"] = pm.peak / 2**20
+            res["peak_rss_mb"][f"reference_k{k}"] = pm.rss / 2**20
             res["rows_per_step"][f"reference_k{k}"] = 3 * (k + 1)
             del copies
             mm.soft_empty_cache()
@@ -284,8 +304,10 @@ def main():
     res["first_graph_run_s"], res["rerun_inversion_s"] = first, second
 
     print(
-        f"\nDiffStyler bench: {res['device']}, SD1.5 full-size UNet (random weights), {args.size}x{args.size}, "
-        f"{n} DDIM steps, cfg {args.cfg}, median of {args.repeats}"
+        f"\nDiffStyler bench: {res['device']}, SD1.5 UNet (random weights, model_channels {args.channels}), "
+        f"{args.size}x{args.size}, "
+        f"{n} DDIM steps, cfg {args.cfg}, median of {args.repeats} after {args.warmup} warm-up run(s), torch "
+        f"{torch.__version__}, {torch.get_num_threads()} CPU thread(s)"
     )
     print(f"{'run':<22}{'seconds':>10}{'x plain':>10}{'rows/step':>11}{'peak MB':>10}")
 
