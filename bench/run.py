@@ -49,6 +49,21 @@ def timed(fn, device, repeats: int, warmup: int | None = None):
     return statistics.median(times), out
 
 
+def counting(patcher):
+    """A clone of ``patcher`` that counts the rows of every UNet call: rows per step are measured, not assumed."""
+    import comfy.patcher_extension
+
+    counter = {"rows": 0}
+
+    def count_rows(executor, x, *args, **kwargs):
+        counter["rows"] += int(x.shape[0])
+        return executor(x, *args, **kwargs)
+
+    clone = patcher.clone()
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "diffstyler_bench_rows", count_rows)
+    return clone, counter
+
+
 def reference_copies(model, loras, strength=1.0):
     """k+1 UNet copies (base first), each with one style's LoRA merged into its weights."""
     import torch
@@ -69,7 +84,7 @@ def reference_copies(model, loras, strength=1.0):
     return copies
 
 
-def reference_sample(copies, inv, empty, neg, pos_list, masks_lat, cfg):
+def reference_sample(copies, inv, empty, neg, pos_list, masks_lat, cfg, counter=None):
     """The reference loop: every copy runs [content, uncond, cond]; predictions fused by mask, then CFG."""
     import torch
     from comfyui_diffstyler.nodes.core.masks import fuse, fusion_weights
@@ -88,6 +103,8 @@ def reference_sample(copies, inv, empty, neg, pos_list, masks_lat, cfg):
                 inp = torch.cat([x_src, x, x])
                 ctx = torch.cat([ctx_e, ctx_n, pos[0][0].to(dev)])
                 out = c.apply_model(inp, s.repeat(3), c_crossattn=ctx, transformer_options={})
+                if counter is not None:
+                    counter["rows"] += int(inp.shape[0])
                 unconds.append(out[1:2])
                 conds.append(out[2:3])
             cond = fuse(conds[1:], weights, conds[0], bg_w)
@@ -233,9 +250,13 @@ def main():
     res["feature_cache_mb"] = inv_cached.feature_cache.nbytes() / 2**20
     x_t = inversion.latent_out(model, inv.trajectory[0])
 
+    plain_model, plain_rows = counting(model)
+    n = inv.steps
+    runs_per_case = WARMUP + args.repeats
+
     def plain():
         return nodes.common_ksampler(
-            model,
+            plain_model,
             0,
             args.steps,
             args.cfg,
@@ -254,9 +275,7 @@ def main():
         res["plain_s"], _ = timed(plain, dev, args.repeats)
     res["peak_mb"]["plain"] = pm.peak / 2**20
     res["peak_rss_mb"]["plain"] = pm.rss / 2**20
-    res["rows_per_step"]["plain"] = 2.0
-    n = inv.steps
-    win = max(int(0.6 * n + 0.5), int(0.5 * n + 0.5))
+    res["rows_per_step"]["plain"] = plain_rows["rows"] / (runs_per_case * n)
     for k in ks:
         masks = common.stripes(k, args.size)
         styles = None
@@ -267,13 +286,14 @@ def main():
         patched = DiffStylerCrossLoRAInjector.execute(model, styles, 0.6, 0.5, "adaptive", True).args[0]
         fused = DiffStylerCrossLoRAInjector.execute(model, styles, 0.6, 0.5, "adaptive", True, "feature").args[0]
         runs = (
-            ("diffstyler", inv, patched, "diffstyler_s", (win * (1 + 2 * k) + (n - win) * 2 * k) / n),
-            ("cache", inv_cached, patched, "diffstyler_cache_s", 2 * k),
-            ("fast", inv_cached, fused, "diffstyler_fast_s", 2),
+            ("diffstyler", inv, patched, "diffstyler_s"),
+            ("cache", inv_cached, patched, "diffstyler_cache_s"),
+            ("fast", inv_cached, fused, "diffstyler_fast_s"),
         )
-        for tag, use, mdl, key, rows in runs:
+        for tag, use, mdl, key in runs:
             if tag != "diffstyler" and k == 2:
                 continue
+            mdl, rows = counting(mdl)
 
             def ours(use=use, mdl=mdl, styles=styles):
                 return DiffStylerMaskedFusionSampler.execute(mdl, use, pos[0], neg, args.cfg, "exact", styles)
@@ -283,21 +303,22 @@ def main():
             res.setdefault(key, {})[str(k)] = t
             res["peak_mb"][f"{tag}_k{k}"] = pm.peak / 2**20
             res["peak_rss_mb"][f"{tag}_k{k}"] = pm.rss / 2**20
-            res["rows_per_step"][f"{tag}_k{k}"] = rows
+            res["rows_per_step"][f"{tag}_k{k}"] = rows["rows"] / (runs_per_case * n)
         del patched, fused
         if not args.no_reference:
             copies = reference_copies(model, loras[:k])
+            ref_rows = {"rows": 0}
             masks_lat = [resize_mask_to_latent(m, 1, h, h, "m") for m in masks]
             with common.PeakMemory(dev) as pm:
                 t, _ = timed(
-                    lambda: reference_sample(copies, inv, empty, neg, pos[: k + 1], masks_lat, args.cfg),
+                    lambda: reference_sample(copies, inv, empty, neg, pos[: k + 1], masks_lat, args.cfg, ref_rows),
                     dev,
                     args.repeats,
                 )
             res["reference_s"][str(k)] = t
             res["peak_mb"][f"reference_k{k}"] = pm.peak / 2**20
             res["peak_rss_mb"][f"reference_k{k}"] = pm.rss / 2**20
-            res["rows_per_step"][f"reference_k{k}"] = 3 * (k + 1)
+            res["rows_per_step"][f"reference_k{k}"] = ref_rows["rows"] / (runs_per_case * n)
             del copies
             mm.soft_empty_cache()
     first, second = rerun_cost(pack, model, latent, empty, args.steps)

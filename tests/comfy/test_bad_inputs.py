@@ -222,10 +222,6 @@ def case(name, exc, match, marks=()):
     return register
 
 
-def _message_bug(what):
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"BUG: the error message {what}")
-
-
 # Style LoRA Loader ------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,45 @@
+"""bench/run.py end to end on a narrow SD1.5 UNet (every layer, little arithmetic): the table and the JSON line.
+
+The full-size numbers in the README come from the same script (see README, Performance); this keeps the
+script, its JSON contract (issue: performance) and its row accounting from rotting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import conftest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_prints_the_table_and_the_json_contract(tmp_path):
+    env = dict(os.environ, COMFYUI_PATH=str(conftest.require_comfyui()))
+    cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--cpu", "--channels", "32", "--size", "64"]
+    cmd += ["--steps", "4", "--repeats", "1", "--warmup", "0", "--ks", "1,3", "--json"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    res = json.loads(lines[-1])
+    for key in ("size", "steps", "plain_s", "diffstyler_s", "reference_s", "diffstyler_fast_s", "rows_per_step"):
+        assert key in res, key
+    for key in ("peak_rss_mb", "inversion_s", "rerun_inversion_s"):
+        assert key in res, key
+    assert res["size"] == 64 and res["steps"] == 4 and res["model_channels"] == 32
+    assert set(res["diffstyler_s"]) == set(res["reference_s"]) == set(res["diffstyler_fast_s"]) == {"1", "3"}
+    times = [res["plain_s"], *res["diffstyler_s"].values(), *res["reference_s"].values()]
+    assert all(t > 0 for t in times)
+    rows = res["rows_per_step"]
+    assert rows["plain"] == 2 and rows["reference_k1"] == 6 and rows["reference_k3"] == 12
+    assert rows["fast_k1"] == rows["fast_k3"] == 2 and rows["cache_k3"] == 6
+    assert 2 < rows["diffstyler_k1"] < 3 and 6 < rows["diffstyler_k3"] < 7  # the content row only inside windows
+    assert all(v > 0 for v in res["peak_rss_mb"].values())
+    assert res["rerun_inversion_s"] < res["inversion_s"], "a re-run with unchanged content must not re-invert"
+    table = "\n".join(lines)
+    for label in ("plain DDIM", "diffstyler k=3", "reference k=3", "+ cache + feat.fusion", "speed-up over"):
+        assert label in table, label
+    assert list(tmp_path.iterdir()) == [], "the bench writes nothing"
