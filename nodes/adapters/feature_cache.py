@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import comfy.ldm.modules.attention as attention
 import torch
 
 from ..core.inversion import FeatureCache
@@ -60,16 +59,7 @@ def make_qk_recorder(rec: Recorder, previous=None):
         if rec.want_qk():
             key = (int(extra_options["block"][1]), int(extra_options.get("block_index", 0)))
             rec.cache.qk.setdefault(rec.step, {})[key] = (rec.keep(q), rec.keep(k))
-        if previous is not None:
-            return previous(q, k, v, extra_options)
-        return attention.optimized_attention(
-            q,
-            k,
-            v,
-            extra_options["n_heads"],
-            attn_precision=extra_options.get("attn_precision"),
-            transformer_options=extra_options,
-        )
+        return patches.attend(q, k, v, extra_options, previous)
 
     return diffstyler_qk_recorder
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from ..core.lora import linear_delta
 from ..core.masks import resize_mask_to_tokens
+from .patches import attend
 
 
 def grid_for_tokens(n_tokens: int, h: int, w: int) -> tuple[int, int] | None:
@@ -176,16 +177,7 @@ def make_attn2_replace(state, attn2_modules: dict, previous=None):
     """attn2 replace: on fused rows, each token attends to its region's prompt through its style's LoRA."""
 
     def plain(q, k, v, extra_options):
-        if previous is not None:
-            return previous(q, k, v, extra_options)
-        return attention.optimized_attention(
-            q,
-            k,
-            v,
-            extra_options["n_heads"],
-            attn_precision=extra_options.get("attn_precision"),
-            transformer_options=extra_options,
-        )
+        return attend(q, k, v, extra_options, previous)
 
     def region_loop(call, module, qr, weights, regions, dk, dv, heads, extra_options):
         """One attention per (region, role): prompts of different lengths."""

@@ -166,34 +166,12 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         if not self._conds_list:  # nothing to stylize: the content itself
             return self._content_x0.expand_as(x).clone()
         out = comfy.samplers.calc_cond_batch(self.inner_model, self._conds_list, x, timestep, model_options)
-        per = 2 if self._uncond else 1
-        if self._fused:
+        if self._fused:  # one cond/uncond pair shared by every style
             cond_f = out[0]
-            uncond_f = out[1] if self._uncond else torch.zeros_like(cond_f)
-            return comfy.samplers.cfg_function(
-                self.inner_model,
-                cond_f,
-                uncond_f,
-                self.cfg,
-                x,
-                timestep,
-                model_options=model_options,
-                cond=self.conds.get("positive"),
-                uncond=self.conds.get("negative"),
-            )
-        cond_preds = {br: out[j * per] for j, br in enumerate(self._branches)}
-        uncond_preds = {br: out[j * per + 1] for j, br in enumerate(self._branches)} if self._uncond else None
-        base_branch = len(self.styles)
-        if self.background == "model":
-            bg_c = cond_preds[base_branch]
-            bg_u = uncond_preds[base_branch] if self._uncond else None
+            uncond_f = out[1] if self._uncond else None
         else:
-            bg_c = bg_u = self._content_x0.expand_as(x)
-        styles = self.active
-        cond_f = fuse([cond_preds[i] for i in styles], self._dev_weights, bg_c, self._dev_bg_weight)
-        if self._uncond:
-            uncond_f = fuse([uncond_preds[i] for i in styles], self._dev_weights, bg_u, self._dev_bg_weight)
-        else:
+            cond_f, uncond_f = self._fuse_branches(out, x)
+        if uncond_f is None:
             uncond_f = torch.zeros_like(cond_f)
         return comfy.samplers.cfg_function(
             self.inner_model,
@@ -206,6 +184,24 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             cond=self.conds.get("positive"),
             uncond=self.conds.get("negative"),
         )
+
+    def _fuse_branches(self, out, x):
+        """Noise fusion: every style branch's cond (and uncond) prediction blended by its mask weights."""
+        per = 2 if self._uncond else 1
+        cond_preds = {br: out[j * per] for j, br in enumerate(self._branches)}
+        uncond_preds = {br: out[j * per + 1] for j, br in enumerate(self._branches)} if self._uncond else None
+        base_branch = len(self.styles)
+        if self.background == "model":
+            bg_c = cond_preds[base_branch]
+            bg_u = uncond_preds[base_branch] if self._uncond else None
+        else:
+            bg_c = bg_u = self._content_x0.expand_as(x)
+        styles = self.active
+        cond_f = fuse([cond_preds[i] for i in styles], self._dev_weights, bg_c, self._dev_bg_weight)
+        uncond_f = None
+        if self._uncond:
+            uncond_f = fuse([uncond_preds[i] for i in styles], self._dev_weights, bg_u, self._dev_bg_weight)
+        return cond_f, uncond_f
 
     def diffstyler_initial_latent(self, x):
         """The sampler starts exactly on x_T of the inversion (model space)."""

@@ -314,22 +314,27 @@ def make_qk_replace(state: PatchState, previous=None):
                 q_src, k_src = q.index_select(0, call.qk_src), k.index_select(0, call.qk_src)
             q = q.index_copy(0, call.qk_rows, blend_qk(q_src, q.index_select(0, call.qk_rows), r))
             k = k.index_copy(0, call.qk_rows, blend_qk(k_src, k.index_select(0, call.qk_rows), r))
-        if previous is not None:
-            return previous(q, k, v, extra_options)
-        return attention.optimized_attention(
-            q,
-            k,
-            v,
-            extra_options["n_heads"],
-            attn_precision=extra_options.get("attn_precision"),
-            transformer_options=extra_options,
-        )
+        return attend(q, k, v, extra_options, previous)
 
     diffstyler_qk_replace.diffstyler_previous = previous
     return diffstyler_qk_replace
 
 
 # ---------------------------------------------------------------- APPLY_MODEL wrapper (content rows)
+
+
+def attend(q, k, v, extra_options: dict, previous=None):
+    """An attention replace's own attention: the replace registered before ours (chained), else ComfyUI's."""
+    if previous is not None:
+        return previous(q, k, v, extra_options)
+    return attention.optimized_attention(
+        q,
+        k,
+        v,
+        extra_options["n_heads"],
+        attn_precision=extra_options.get("attn_precision"),
+        transformer_options=extra_options,
+    )
 
 
 def _index(rows: list[int], device) -> torch.Tensor:

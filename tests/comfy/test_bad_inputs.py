@@ -53,16 +53,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def mods(pack):
-    from comfyui_diffstyler.nodes import inject, invert, sample, segment, style, train
-    from comfyui_diffstyler.nodes.adapters import guider, inversion, training
-
-    class M:
-        pass
-
-    m = M()
-    m.inject, m.invert, m.sample, m.segment, m.style, m.train = inject, invert, sample, segment, style, train
-    m.guider, m.inversion, m.training = guider, inversion, training
-    return m
+    return rt.node_modules()
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import threading
 import time
 
 import dst_core
-import numpy as np
 import pytest
+import reliability_tools as rt
 import safetensors.torch
 import torch
 from PIL import Image
@@ -398,82 +398,10 @@ def test_other_families_end_to_end(mods, kind):
 # ------------------------------------------------------------------ graph
 
 
-def _png(path, arr):
-    Image.fromarray(arr).save(path)
-
-
 def test_graph_two_styles(tiny, run_graph, comfy_home):
-    rng = np.random.default_rng(1)
-    _png(comfy_home.input / "deer.png", (rng.random((64, 64, 3)) * 255).astype(np.uint8))
-    left = np.zeros((64, 64), np.uint8)
-    left[:, :32] = 255
-    _png(comfy_home.input / "left.png", left)
-    _png(comfy_home.input / "right.png", 255 - left)
-    for i in (20, 21):
-        safetensors.torch.save_file(
-            dst_core.random_lora(tiny.model, seed=i), str(comfy_home.models / "loras" / f"style{i}.safetensors")
-        )
-    enc = lambda t: {"class_type": "CLIPTextEncode", "inputs": {"text": t, "clip": ["1", 1]}}  # noqa: E731
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny.checkpoint}},
-        "2": {"class_type": "DiffStylerTestTinyVAE", "inputs": {"seed": 0}},
-        "3": {"class_type": "LoadImage", "inputs": {"image": "deer.png"}},
-        "4": {"class_type": "VAEEncode", "inputs": {"pixels": ["3", 0], "vae": ["2", 0]}},
-        "5": {
-            "class_type": "DiffStylerInvert",
-            "inputs": {"model": ["1", 0], "latent": ["4", 0], "steps": 6, "clip": ["1", 1]},
-        },
-        "6": enc("painting of <sss>, deer"),
-        "7": enc("sketch of <ttt>, grass"),
-        "8": enc("a deer on grass"),
-        "9": enc("ugly, blurry, black, low res, unrealistic"),
-        "10": {"class_type": "LoadImageMask", "inputs": {"image": "left.png", "channel": "red"}},
-        "11": {"class_type": "LoadImageMask", "inputs": {"image": "right.png", "channel": "red"}},
-        "12": {
-            "class_type": "DiffStylerStyleLoRA",
-            "inputs": {
-                "lora_name": "style20.safetensors",
-                "strength": 1.0,
-                "conditioning": ["6", 0],
-                "mask": ["10", 0],
-            },
-        },
-        "13": {
-            "class_type": "DiffStylerStyleLoRA",
-            "inputs": {
-                "lora_name": "style21.safetensors",
-                "strength": 0.8,
-                "conditioning": ["7", 0],
-                "mask": ["11", 0],
-                "styles": ["12", 0],
-            },
-        },
-        "14": {
-            "class_type": "DiffStylerCrossLoRAInjector",
-            "inputs": {
-                "model": ["1", 0],
-                "styles": ["13", 0],
-                "feature_injection_end": 0.6,
-                "qk_injection_end": 0.5,
-                "qk_blend": "adaptive",
-                "lora_in_injected_attention": True,
-            },
-        },
-        "15": {
-            "class_type": "DiffStylerMaskedFusionSampler",
-            "inputs": {
-                "model": ["14", 0],
-                "inversion": ["5", 0],
-                "positive": ["8", 0],
-                "negative": ["9", 0],
-                "cfg": 10.5,
-                "background": "exact",
-                "styles": ["13", 0],
-            },
-        },
-        "16": {"class_type": "VAEDecode", "inputs": {"samples": ["15", 0], "vae": ["2", 0]}},
-        "17": {"class_type": "SaveImage", "inputs": {"images": ["16", 0], "filename_prefix": "diffstyler_test"}},
-    }
+    """The two-style graph (tests/support/reliability_tools.two_style_prompt, shared with the reliability suite)."""
+    rt.write_two_style_inputs(comfy_home, tiny.model)
+    prompt = rt.two_style_prompt(tiny.checkpoint, steps=6, save=True)
     result = run_graph(prompt)
     files = result.ui["17"]["images"]
     assert len(files) == 1

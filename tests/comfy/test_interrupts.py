@@ -35,15 +35,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def mods(pack):
-    from comfyui_diffstyler.nodes import inject, sample, style, train
-    from comfyui_diffstyler.nodes.adapters import inversion
-
-    class M:
-        pass
-
-    m = M()
-    m.inject, m.sample, m.style, m.train, m.inversion = inject, sample, style, train, inversion
-    return m
+    return rt.node_modules()
 
 
 @pytest.fixture(scope="module")
