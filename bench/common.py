@@ -47,8 +47,20 @@ def find_comfyui() -> Path:
     raise SystemExit("ComfyUI not found: set COMFYUI_PATH")
 
 
-def setup(cpu: bool):
-    """Import ComfyUI (CPU when asked or when there is no GPU) and the pack; returns the pack module."""
+ATTENTION = {  # --attention choice -> the ComfyUI command-line flag it stands for
+    "default": None,
+    "pytorch": "use_pytorch_cross_attention",
+    "sub_quad": "use_quad_cross_attention",
+    "split": "use_split_cross_attention",
+}
+
+
+def setup(cpu: bool, attention: str = "default"):
+    """Import ComfyUI (CPU when asked or when there is no GPU) and the pack; returns the pack module.
+
+    ``attention`` picks ComfyUI's attention backend as its command-line flags do (``default``: what ComfyUI
+    chooses for the device: PyTorch SDPA on NVIDIA, sub-quadratic attention on the CPU).
+    """
     root = str(find_comfyui())
     if root in sys.path:
         sys.path.remove(root)
@@ -60,6 +72,8 @@ def setup(cpu: bool):
     import torch
 
     comfy.cli_args.args.cpu = cpu or not torch.cuda.is_available()
+    if ATTENTION[attention]:
+        setattr(comfy.cli_args.args, ATTENTION[attention], True)
     import comfy.model_management  # noqa: F401
     import utils.extra_config  # noqa: F401
 
@@ -158,6 +172,20 @@ def stripes(k: int, size: int):
     return masks
 
 
+def trim_allocator():
+    """Give the C allocator's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass
+
+
 class PeakMemory:
     """Peak memory while the block runs: ``peak`` is the CUDA allocator's peak on a GPU, else the process's
     peak RSS; ``rss`` is always the process's peak RSS (polled every 5 ms). Both are totals, model included."""
@@ -168,8 +196,13 @@ class PeakMemory:
         self.rss = 0
 
     def __enter__(self):
+        import gc
+
         import psutil
         import torch
+
+        gc.collect()
+        trim_allocator()  # what earlier cases freed must not count as this case's peak
 
         if self.device.type == "cuda":
             torch.cuda.synchronize()

@@ -15,7 +15,7 @@ random prompt embeddings, a random content latent and k stripe masks. Rows:
 Warm-up runs are excluded; every time is the median of ``--repeats``. Ratios are to ``plain`` in the
 same run. ``--json`` prints one JSON object as the last line.
 
-    python bench/run.py [--size 256] [--steps 10] [--repeats 3] [--cpu] [--json]
+    python bench/run.py [--size 256] [--steps 10] [--repeats 3] [--cpu] [--attention pytorch] [--json]
 """
 
 from __future__ import annotations
@@ -195,13 +195,21 @@ def main():
         "per-layer overhead that bounds a fast GPU at small sizes",
     )
     ap.add_argument("--cpu", action="store_true")
+    ap.add_argument(
+        "--attention",
+        choices=sorted(common.ATTENTION),
+        default="default",
+        help="ComfyUI's attention backend, as its --use-*-cross-attention flags pick it (default: ComfyUI's choice "
+        "for the device: PyTorch SDPA on NVIDIA, sub-quadratic on the CPU)",
+    )
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     global WARMUP
     WARMUP = args.warmup
 
-    pack = common.setup(args.cpu)
+    pack = common.setup(args.cpu, args.attention)
+    import comfy.ldm.modules.attention
     import comfy.model_management as mm
     import torch
     from comfyui_diffstyler.nodes.adapters import inversion
@@ -227,6 +235,7 @@ def main():
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
         "repeats": args.repeats,
         "model_channels": args.channels,
+        "attention": comfy.ldm.modules.attention.optimized_attention.__name__,
         "warmup": args.warmup,
         "diffstyler_s": {},
         "reference_s": {},
@@ -327,7 +336,8 @@ def main():
     print(
         f"\nDiffStyler bench: {res['device']}, SD1.5 UNet (random weights, model_channels {args.channels}), "
         f"{args.size}x{args.size}, "
-        f"{n} DDIM steps, cfg {args.cfg}, median of {args.repeats} after {args.warmup} warm-up run(s), torch "
+        f"{n} DDIM steps, cfg {args.cfg}, {res['attention']}, median of {args.repeats} after {args.warmup} "
+        f"warm-up run(s), torch "
         f"{torch.__version__}, {torch.get_num_threads()} CPU thread(s)"
     )
     print(f"{'run':<22}{'seconds':>10}{'x plain':>10}{'rows/step':>11}{'peak MB':>10}")

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_prints_the_table_and_the_json_contract(tmp_path):
     env = dict(os.environ, COMFYUI_PATH=str(conftest.require_comfyui()))
     cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--cpu", "--channels", "32", "--size", "64"]
-    cmd += ["--steps", "4", "--repeats", "1", "--warmup", "0", "--ks", "1,3", "--json"]
+    cmd += ["--steps", "4", "--repeats", "1", "--warmup", "0", "--ks", "1,3", "--attention", "pytorch", "--json"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = proc.stdout.strip().splitlines()
@@ -30,6 +30,7 @@ def test_bench_prints_the_table_and_the_json_contract(tmp_path):
     for key in ("peak_rss_mb", "inversion_s", "rerun_inversion_s"):
         assert key in res, key
     assert res["size"] == 64 and res["steps"] == 4 and res["model_channels"] == 32
+    assert res["attention"] == "attention_pytorch", "--attention pytorch must pick ComfyUI's SDPA backend"
     assert set(res["diffstyler_s"]) == set(res["reference_s"]) == set(res["diffstyler_fast_s"]) == {"1", "3"}
     times = [res["plain_s"], *res["diffstyler_s"].values(), *res["reference_s"].values()]
     assert all(t > 0 for t in times)
