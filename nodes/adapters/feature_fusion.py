@@ -17,7 +17,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from ..core.lora import linear_delta
 from ..core.masks import resize_mask_to_tokens
-from .patches import attend
+from .patches import RowLoRAMixin, attend
 
 
 def grid_for_tokens(n_tokens: int, h: int, w: int) -> tuple[int, int] | None:
@@ -129,11 +129,18 @@ def fused_lora_delta(module, x: torch.Tensor, call, deltas: dict, cast) -> torch
     return total
 
 
-def _project(module, ctx: torch.Tensor, delta, cast_fn) -> torch.Tensor:
-    w = module.weight
-    out = F.linear(ctx.to(w.dtype), w, module.bias)
+def _project(module, ctx: torch.Tensor, delta, dtype) -> torch.Tensor:
+    """``module(ctx)`` plus a style's LoRA ``delta``, in ``dtype``.
+
+    The layer's own forward without the per-row LoRA (ComfyUI's op: lowvram casts, weights patched at run
+    time such as a LoRA the core loader added, quantized weights) rather than its ``weight`` attribute,
+    which under lowvram may sit on another device and lack those patches.
+    """
+    ctx = ctx.to(dtype)
+    base = super(RowLoRAMixin, module).forward if isinstance(module, RowLoRAMixin) else module
+    out = base(ctx)
     if delta is not None:
-        out = out + linear_delta(ctx.to(w.dtype), cast_fn(delta, ctx)).to(out.dtype)
+        out = out + linear_delta(ctx, delta.to(ctx.device, ctx.dtype)).to(out.dtype)
     return out
 
 
@@ -148,18 +155,14 @@ def _region_kv(state, module, key, call, regions, dk, dv, device, dtype):
     if ckey in cache:
         return cache[ckey]
     n_regions = len(call.fused_contexts)
-
-    def cast(d, ref):
-        return d.to(ref.device, module.to_k.weight.dtype)
-
     ks, vs = [], []
     for region in regions:
         style = region if region < n_regions - 1 else None
         kr, vr = [], []
         for ctx in call.fused_contexts[region]:
             ctx = ctx[:1].to(device)
-            kr.append(_project(module.to_k, ctx, dk.get(style) if style is not None else None, cast)[0])
-            vr.append(_project(module.to_v, ctx, dv.get(style) if style is not None else None, cast)[0])
+            kr.append(_project(module.to_k, ctx, dk.get(style) if style is not None else None, dtype)[0])
+            vr.append(_project(module.to_v, ctx, dv.get(style) if style is not None else None, dtype)[0])
         ks.append(kr)
         vs.append(vr)
     lengths = {t.shape[0] for pair in ks for t in pair}
@@ -182,10 +185,6 @@ def make_attn2_replace(state, attn2_modules: dict, previous=None):
     def region_loop(call, module, qr, weights, regions, dk, dv, heads, extra_options):
         """One attention per (region, role): prompts of different lengths."""
         fused = torch.zeros_like(qr)
-
-        def cast(d, ref):
-            return d.to(ref.device, module.to_k.weight.dtype)
-
         for region in regions:
             ctx_by_role = call.fused_contexts[region]
             for uncond in (False, True):
@@ -194,8 +193,8 @@ def make_attn2_replace(state, attn2_modules: dict, previous=None):
                     continue
                 ctx = ctx_by_role[1 if uncond else 0].to(qr.device)
                 style = region if region < len(call.fused_contexts) - 1 else None
-                kk = _project(module.to_k, ctx, dk.get(style) if style is not None else None, cast)
-                vv = _project(module.to_v, ctx, dv.get(style) if style is not None else None, cast)
+                kk = _project(module.to_k, ctx, dk.get(style) if style is not None else None, qr.dtype)
+                vv = _project(module.to_v, ctx, dv.get(style) if style is not None else None, qr.dtype)
                 idx = torch.tensor(sel, device=qr.device)
                 qs = qr.index_select(0, idx)
                 o = attention.optimized_attention(
@@ -252,6 +251,8 @@ def make_attn2_replace(state, attn2_modules: dict, previous=None):
         out = plain(q, k, v, extra_options)
         return out.index_copy(0, rows, fused.to(out.dtype))
 
+    diffstyler_region_attn2.diffstyler_previous = previous
+    diffstyler_region_attn2.diffstyler_owner = state
     return diffstyler_region_attn2
 
 

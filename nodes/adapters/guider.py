@@ -163,6 +163,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
         if self._run is None:
             self._activate(x, timestep)
+            self._check_replaces(model_options)
         if not self._conds_list:  # nothing to stylize: the content itself
             return self._content_x0.expand_as(x).clone()
         out = comfy.samplers.calc_cond_batch(self.inner_model, self._conds_list, x, timestep, model_options)
@@ -183,6 +184,23 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             model_options=model_options,
             cond=self.conds.get("positive"),
             uncond=self.conds.get("negative"),
+        )
+
+    def _check_replaces(self, model_options):
+        """Warn once per run when a node patched after the Injector turned DiffStyler's attention off."""
+        lost = patches.overridden_replaces(self.state, model_options)
+        if not lost:
+            return
+        what = {"attn1": "self-attention Q/K injection", "attn2": "feature-fusion cross-attention"}
+        kinds = sorted({kind for kind, _slot, _fn in lost})
+        logger.warning(
+            "DiffStyler: %d attention layer(s) the Cross-LoRA Attention Injector patched were replaced after it by "
+            "another node (%s at %s): DiffStyler's %s is off there. Connect that node before the Injector (the "
+            "Injector keeps the attention replaces it finds on its input MODEL active).",
+            len(lost),
+            lost[0][2],
+            lost[0][1],
+            " and ".join(what[k] for k in kinds),
         )
 
     def _fuse_branches(self, out, x):

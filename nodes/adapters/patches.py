@@ -116,6 +116,7 @@ class PatchState:
         self.run: RunPlan | None = None
         self.call: CallPlan | None = None
         self.deltas_bytes = 0
+        self.replace_slots: list[tuple[str, tuple]] = []  # ("attn1"/"attn2", (block, id, transformer index))
 
     def on_model_patcher_clone(self):
         return self  # clones of the patched MODEL share the patches, so they share the state
@@ -317,7 +318,29 @@ def make_qk_replace(state: PatchState, previous=None):
         return attend(q, k, v, extra_options, previous)
 
     diffstyler_qk_replace.diffstyler_previous = previous
+    diffstyler_qk_replace.diffstyler_owner = state
     return diffstyler_qk_replace
+
+
+def overridden_replaces(state: PatchState, model_options: dict) -> list[tuple[str, tuple, str]]:
+    """The attention slots this Injector patched where ComfyUI will no longer reach its replace.
+
+    ComfyUI keeps one replace per slot (``(block, id, transformer index)`` before ``(block, id)``): a node
+    that sets its own after the Injector silently turns DiffStyler's off there, unless it chains to ours.
+    Returns ``(kind, slot, name of the replace now in force)`` for each such slot.
+    """
+    table = model_options.get("transformer_options", {}).get("patches_replace", {})
+    out = []
+    for kind, slot in state.replace_slots:
+        kind_table = table.get(kind, {})
+        fn = kind_table.get(slot, kind_table.get(slot[:2]))
+        f, ours = fn, False
+        while f is not None and not ours:
+            ours = getattr(f, "diffstyler_owner", None) is state
+            f = getattr(f, "diffstyler_previous", None)
+        if not ours:
+            out.append((kind, slot, "none" if fn is None else getattr(fn, "__qualname__", type(fn).__name__)))
+    return out
 
 
 # ---------------------------------------------------------------- APPLY_MODEL wrapper (content rows)
@@ -509,6 +532,12 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
     logger.info("DiffStyler: ResBlock feature injection at %s", block_map.resblock)
 
     replaces = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    slots = set()
+    for path in injected_attn:  # diffusion_model.output_blocks.<i>.<j>.transformer_blocks.<t>.attn1.<proj>
+        parts = path.split(".")
+        if "transformer_blocks" in parts:
+            slots.add(("output", int(parts[2]), int(parts[parts.index("transformer_blocks") + 1])))
+    state.replace_slots = [("attn1", slot) for slot in sorted(slots)]
     for i in block_map.qk_blocks:
         keys = [k for k in replaces if len(k) == 3 and k[0] == "output" and k[1] == i]
         for key in [("output", i)] + keys:
@@ -523,9 +552,12 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
 
         attn2 = feature_fusion.attn2_module_map(patched)
         replaces2 = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+        state.replace_slots += [("attn2", slot) for slot in sorted(attn2)]
         for name, bid in sorted({(n, b) for n, b, _t in attn2}):
-            previous = replaces2.get((name, bid))
-            patched.set_model_attn2_replace(feature_fusion.make_attn2_replace(state, attn2, previous), name, bid)
+            keys = [k for k in replaces2 if len(k) == 3 and k[0] == name and k[1] == bid]
+            for key in [(name, bid)] + keys:  # ComfyUI looks up (block, id, index) before (block, id)
+                previous = replaces2.get(key)
+                patched.set_model_attn2_replace(feature_fusion.make_attn2_replace(state, attn2, previous), *key)
         logger.info("DiffStyler: feature-fusion cross-attention on %d transformer blocks", len(attn2))
 
     patched.add_wrapper_with_key(

@@ -545,6 +545,42 @@ def test_feature_fusion_equals_noise_fusion_for_one_full_mask(tiny, mods, invert
     assert diff <= 1e-4
 
 
+def test_feature_fusion_under_lowvram_weight_patches(tiny, mods, inverted, prompts, monkeypatch):
+    """ComfyUI's lowvram mode casts weights per call and applies a LoRA the core loader added as a weight
+    function (LowVramPatch) instead of merging it. The region prompts' keys/values must go through the
+    layer's own forward, patches included: k=1 with a full mask still equals noise fusion."""
+    import comfy.model_patcher
+    import comfy.sd
+
+    user = dst_core.random_lora(tiny.model, seed=60, scale=0.5)
+    merged, _ = comfy.sd.load_lora_for_models(tiny.model, None, user, 1.0, 0)
+    patched_layers = 0
+    for name, module in tiny.model.model.named_modules():
+        key = name + ".weight"
+        if name.endswith(("attn2.to_k", "attn2.to_v")) and key in merged.patches:
+            monkeypatch.setattr(module, "comfy_cast_weights", True)
+            monkeypatch.setattr(module, "weight_function", [comfy.model_patcher.LowVramPatch(key, merged.patches)])
+            patched_layers += 1
+    assert patched_layers > 0
+    lora = dst_core.random_lora(tiny.model, seed=40)
+    styles = make_styles(mods, [(lora, 1.0, prompts["style"], torch.ones(1, 64, 64))])
+    noise = run(mods, inject(mods, tiny.model, styles, 0.6, 0.5), inverted, prompts, styles)
+    patched = mods.inject.DiffStylerCrossLoRAInjector.execute(
+        tiny.model, styles, 0.6, 0.5, "adaptive", True, "feature"
+    ).args[0]
+    feat = run(mods, patched, inverted, prompts, styles)
+    monkeypatch.undo()
+    unpatched = run(mods, inject(mods, tiny.model, styles, 0.6, 0.5), inverted, prompts, styles)
+    diff = float((noise - feat).abs().max())
+    effect = float((noise - unpatched).abs().max())
+    print(
+        f"\nfeature vs noise fusion, lowvram weight patches on {patched_layers} K/V layers: max |diff| {diff:.2e} "
+        f"(the patches change the result by {effect:.2e})"
+    )
+    assert effect > 1e-3, "the weight patches must matter for this test to mean anything"
+    assert diff <= 1e-4
+
+
 def test_feature_fusion_two_styles_two_rows(tiny, mods, inverted, prompts, content):
     import comfy.patcher_extension
 

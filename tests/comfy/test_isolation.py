@@ -4,7 +4,7 @@
   executor (which serves the very same checkpoint MODEL object to both graphs from its cache) and in a fresh one;
 * a plain KSampler fed the Injector's patched MODEL gives the unpatched model's result;
 * another pack's attn1 replace registered before the Injector stays active (called at every UNet call) and sees
-  our Q/K injection;
+  our Q/K injection; one registered after the Injector (which turns ours off there) is reported by a warning;
 * ``bench/soak.py``: the two-style graph 12 times in one process and executor, without errors.
 """
 
@@ -77,7 +77,7 @@ def test_plain_ksampler_on_the_patched_model_equals_the_unpatched_model(tiny, in
 # ---------------------------------------------------------------------------------------------- other packs
 
 
-def test_another_packs_attn1_replace_stays_active(tiny, pack):
+def test_another_packs_attn1_replace_stays_active(tiny, pack, caplog):
     import comfy.ldm.modules.attention as attention
     from comfyui_diffstyler.nodes import inject, sample, style
     from comfyui_diffstyler.nodes.adapters import inversion
@@ -118,6 +118,7 @@ def test_another_packs_attn1_replace_stays_active(tiny, pack):
         for h in hooks:
             h.remove()
     assert len(calls) == STEPS and len(seen) == STEPS, "the other pack's replace runs at every UNet call"
+    assert "replaced after it" not in caplog.text, "a replace chained under ours is not an override"
     assert all(block == ("output", 5) for block, _q, _k in seen)
     window = 2  # qk_injection_end 0.5 of 4 steps
     for i, (_block, q, k) in enumerate(seen):
@@ -135,6 +136,39 @@ def test_another_packs_attn1_replace_stays_active(tiny, pack):
     assert len(seen) == 2
     assert torch.equal(chained, dst_core.plain_ddim(base, xt, 2, cond, neg, 6.0))
     assert rt.attachment_run(patched) == (None, None)
+
+
+def test_a_replace_set_after_the_injector_is_reported(tiny, pack, caplog):
+    """ComfyUI keeps one attention replace per block: one set after the Injector turns DiffStyler's Q/K
+    injection off there. The sampler says so (block and replace named) instead of silently losing it."""
+    import comfy.ldm.modules.attention as attention
+    from comfyui_diffstyler.nodes import inject, sample, style
+    from comfyui_diffstyler.nodes.adapters import inversion
+
+    def enc(text):
+        return tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(text))
+
+    empty, cond, neg = enc(""), enc("painting of <sss>"), enc("ugly")
+    lat = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    inv = inversion.invert(tiny.model, lat, STEPS, empty, disable_pbar=True)
+    styles = style.DiffStylerStyleLoRA.execute(
+        "None", 1.0, cond, torch.ones(1, 64, 64), lora=dst_core.random_lora(tiny.model, seed=81)
+    ).args[0]
+    patched = inject.DiffStylerCrossLoRAInjector.execute(tiny.model, styles, 0.6, 0.5, "adaptive", True).args[0]
+    sample.DiffStylerMaskedFusionSampler.execute(patched, inv, cond, neg, 6.0, "exact", styles)
+    assert "replaced after it" not in caplog.text
+
+    def late_pack(q, k, v, extra_options):
+        return attention.optimized_attention(q, k, v, extra_options["n_heads"])
+
+    late = patched.clone()
+    late.set_model_attn1_replace(late_pack, "output", 5)
+    caplog.clear()
+    sample.DiffStylerMaskedFusionSampler.execute(late, inv, cond, neg, 6.0, "exact", styles)
+    warnings = [r.getMessage() for r in caplog.records if "replaced after it" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    assert "late_pack" in warnings[0] and "('output', 5, 0)" in warnings[0] and "Q/K injection" in warnings[0]
+    assert warnings[0].startswith("DiffStyler: 1 attention layer(s)")
 
 
 # ---------------------------------------------------------------------------------------------- soak
