@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 
@@ -236,6 +237,8 @@ def main():
         "repeats": args.repeats,
         "model_channels": args.channels,
         "attention": comfy.ldm.modules.attention.optimized_attention.__name__,
+        # glibc keeps freed heap pages in the RSS unless allocations this large are mmapped (None: its default)
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         "warmup": args.warmup,
         "diffstyler_s": {},
         "reference_s": {},
@@ -336,7 +339,8 @@ def main():
     print(
         f"\nDiffStyler bench: {res['device']}, SD1.5 UNet (random weights, model_channels {args.channels}), "
         f"{args.size}x{args.size}, "
-        f"{n} DDIM steps, cfg {args.cfg}, {res['attention']}, median of {args.repeats} after {args.warmup} "
+        f"{n} DDIM steps, cfg {args.cfg}, {res['attention']}, MALLOC_MMAP_THRESHOLD_ "
+        f"{res['malloc_mmap_threshold'] or 'unset'}, median of {args.repeats} after {args.warmup} "
         f"warm-up run(s), torch "
         f"{torch.__version__}, {torch.get_num_threads()} CPU thread(s)"
     )

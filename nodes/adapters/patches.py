@@ -490,6 +490,18 @@ def attn1_module_paths(block_map: BlockMap, model) -> set[str]:
     return out
 
 
+def replace_block(patched, kind: str, name: str, bid: int, make) -> list[tuple]:
+    """Set ``make(previous)`` as the ``kind`` ("attn1"/"attn2") replace of block ``(name, bid)`` and of every
+    ``(name, bid, index)`` slot already set (ComfyUI looks those up first), chaining the replace each slot had.
+    Returns the slots that had one."""
+    table = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
+    keys = [(name, bid)] + [k for k in table if len(k) == 3 and k[:2] == (name, bid)]
+    previous = {key: table.get(key) for key in keys}
+    for key in keys:
+        patched.set_model_patch_replace(make(previous[key]), kind, *key)
+    return [key for key in keys if previous[key] is not None]
+
+
 def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[str, ...], settings: dict):
     """Patch a clone of ``model``; returns (patched clone, PatchState)."""
     block_map = block_map_for(model)
@@ -531,7 +543,6 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
     patched.add_object_patch(block_map.resblock, swapped_copy(res, InjectedResBlockMixin, _ds_state=state))
     logger.info("DiffStyler: ResBlock feature injection at %s", block_map.resblock)
 
-    replaces = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
     slots = set()
     for path in injected_attn:  # diffusion_model.output_blocks.<i>.<j>.transformer_blocks.<t>.attn1.<proj>
         parts = path.split(".")
@@ -539,25 +550,19 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
             slots.add(("output", int(parts[2]), int(parts[parts.index("transformer_blocks") + 1])))
     state.replace_slots = [("attn1", slot) for slot in sorted(slots)]
     for i in block_map.qk_blocks:
-        keys = [k for k in replaces if len(k) == 3 and k[0] == "output" and k[1] == i]
-        for key in [("output", i)] + keys:
-            previous = replaces.get(key)
-            patched.set_model_attn1_replace(make_qk_replace(state, previous), *key)
-            if previous is not None:
-                logger.info("DiffStyler: chained Q/K injection onto an existing attn1 replace at %s", key)
+        for key in replace_block(patched, "attn1", "output", i, lambda previous: make_qk_replace(state, previous)):
+            logger.info("DiffStyler: chained Q/K injection onto an existing attn1 replace at %s", key)
     logger.info("DiffStyler: Q/K injection on decoder blocks %s", list(block_map.qk_blocks))
 
     if settings.get("fusion") == "feature":
         from . import feature_fusion
 
         attn2 = feature_fusion.attn2_module_map(patched)
-        replaces2 = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
         state.replace_slots += [("attn2", slot) for slot in sorted(attn2)]
         for name, bid in sorted({(n, b) for n, b, _t in attn2}):
-            keys = [k for k in replaces2 if len(k) == 3 and k[0] == name and k[1] == bid]
-            for key in [(name, bid)] + keys:  # ComfyUI looks up (block, id, index) before (block, id)
-                previous = replaces2.get(key)
-                patched.set_model_attn2_replace(feature_fusion.make_attn2_replace(state, attn2, previous), *key)
+            replace_block(
+                patched, "attn2", name, bid, lambda previous: feature_fusion.make_attn2_replace(state, attn2, previous)
+            )
         logger.info("DiffStyler: feature-fusion cross-attention on %d transformer blocks", len(attn2))
 
     patched.add_wrapper_with_key(

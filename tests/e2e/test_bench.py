@@ -31,6 +31,7 @@ def test_bench_prints_the_table_and_the_json_contract(tmp_path):
         assert key in res, key
     assert res["size"] == 64 and res["steps"] == 4 and res["model_channels"] == 32
     assert res["attention"] == "attention_pytorch", "--attention pytorch must pick ComfyUI's SDPA backend"
+    assert "malloc_mmap_threshold" in res
     assert set(res["diffstyler_s"]) == set(res["reference_s"]) == set(res["diffstyler_fast_s"]) == {"1", "3"}
     times = [res["plain_s"], *res["diffstyler_s"].values(), *res["reference_s"].values()]
     assert all(t > 0 for t in times)
@@ -43,4 +44,24 @@ def test_bench_prints_the_table_and_the_json_contract(tmp_path):
     table = "\n".join(lines)
     for label in ("plain DDIM", "diffstyler k=3", "reference k=3", "+ cache + feat.fusion", "speed-up over"):
         assert label in table, label
+    assert list(tmp_path.iterdir()) == [], "the bench writes nothing"
+
+
+def test_attention_memory_runs_each_backend_in_its_own_process(tmp_path):
+    env = dict(os.environ, COMFYUI_PATH=str(conftest.require_comfyui()))
+    cmd = [sys.executable, str(ROOT / "bench" / "attention_memory.py"), "--cpu", "--channels", "32", "--size", "64"]
+    cmd += ["--rows", "1,3", "--attention", "pytorch,sub_quad", "--json"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["size"] == 64 and res["model_channels"] == 32
+    got = [(c["attention"], c["rows"]) for c in res["calls"]]
+    assert got == [
+        ("attention_pytorch", 1),
+        ("attention_pytorch", 3),
+        ("attention_sub_quad", 1),
+        ("attention_sub_quad", 3),
+    ]
+    assert all(c["seconds"] > 0 and c["peak_mb"] >= c["base_mb"] > 0 for c in res["calls"])
+    assert "x fewest rows" in proc.stdout
     assert list(tmp_path.iterdir()) == [], "the bench writes nothing"
