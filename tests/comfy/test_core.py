@@ -266,8 +266,9 @@ def test_injection_where_and_when(tiny, mods, inverted, prompts, monkeypatch, sp
         else:
             assert rows == chunks_per_call, "the content row is dropped after the windows close"
         x, emb, out, call_idx = next(r for r in rec.res if r[3] == ci)
-        skip = rec.base_res.skip_connection(x)
-        h = type(patched.get_model_object("diffusion_model.output_blocks.4.0"))._ds_residual(rec.base_res, x, emb)
+        with torch.no_grad():  # re-computed here, outside the sampler's inference mode
+            skip = rec.base_res.skip_connection(x)
+            h = type(patched.get_model_object("diffusion_model.output_blocks.4.0"))._ds_residual(rec.base_res, x, emb)
         assert torch.allclose(skip + h, rec.base_res._forward(x, emb), atol=1e-6)
         if res_on:
             for r in range(1, rows):
@@ -532,14 +533,19 @@ def test_feature_cache_equals_content_row(tiny, mods, content, prompts, k):
 # ------------------------------------------------------------------ feature-fusion mode
 
 
-def test_feature_fusion_equals_noise_fusion_for_one_full_mask(tiny, mods, inverted, prompts):
+def one_full_mask_both_modes(tiny, mods, inverted, prompts):
+    """(noise fusion, feature fusion, styles) for one style with a full mask."""
     lora = dst_core.random_lora(tiny.model, seed=40)
     styles = make_styles(mods, [(lora, 1.0, prompts["style"], torch.ones(1, 64, 64))])
     noise = run(mods, inject(mods, tiny.model, styles, 0.6, 0.5), inverted, prompts, styles)
     patched = mods.inject.DiffStylerCrossLoRAInjector.execute(
         tiny.model, styles, 0.6, 0.5, "adaptive", True, "feature"
     ).args[0]
-    feat = run(mods, patched, inverted, prompts, styles)
+    return noise, run(mods, patched, inverted, prompts, styles), styles
+
+
+def test_feature_fusion_equals_noise_fusion_for_one_full_mask(tiny, mods, inverted, prompts):
+    noise, feat, _styles = one_full_mask_both_modes(tiny, mods, inverted, prompts)
     diff = float((noise - feat).abs().max())
     print(f"\nfeature fusion vs noise fusion, k=1 full mask: max |diff| {diff:.2e}")
     assert diff <= 1e-4
@@ -562,13 +568,7 @@ def test_feature_fusion_under_lowvram_weight_patches(tiny, mods, inverted, promp
             monkeypatch.setattr(module, "weight_function", [comfy.model_patcher.LowVramPatch(key, merged.patches)])
             patched_layers += 1
     assert patched_layers > 0
-    lora = dst_core.random_lora(tiny.model, seed=40)
-    styles = make_styles(mods, [(lora, 1.0, prompts["style"], torch.ones(1, 64, 64))])
-    noise = run(mods, inject(mods, tiny.model, styles, 0.6, 0.5), inverted, prompts, styles)
-    patched = mods.inject.DiffStylerCrossLoRAInjector.execute(
-        tiny.model, styles, 0.6, 0.5, "adaptive", True, "feature"
-    ).args[0]
-    feat = run(mods, patched, inverted, prompts, styles)
+    noise, feat, styles = one_full_mask_both_modes(tiny, mods, inverted, prompts)
     monkeypatch.undo()
     unpatched = run(mods, inject(mods, tiny.model, styles, 0.6, 0.5), inverted, prompts, styles)
     diff = float((noise - feat).abs().max())
