@@ -144,36 +144,36 @@ def _project(module, ctx: torch.Tensor, delta, dtype) -> torch.Tensor:
     return out
 
 
-def _region_kv(state, module, key, call, regions, dk, dv, device, dtype):
-    """K and V of every region's prompt ``[R, 2 (cond, uncond), L, C]`` through that region's style LoRA.
+def _stack_kv(ks: list, vs: list):
+    """``ks``/``vs`` (per region, per role ``[L, C]``) as ``[R, 2, L, C]`` tensors; None when the lengths differ."""
+    if len({t.shape[0] for pair in ks for t in pair}) != 1:
+        return None
+    return torch.stack([torch.stack(pair) for pair in ks]), torch.stack([torch.stack(pair) for pair in vs])
 
-    They depend only on the prompts and the weights, so they are computed once per sampling run (cached on
-    the run) instead of once per layer call. None when the prompts differ in length (the caller loops).
+
+def _region_kv(state, module, key, call, regions, dk, dv, device, dtype):
+    """K and V of every region's (cond, uncond) prompts through that region's style LoRA.
+
+    Returns ``(ks, vs, stacked)``: per region and role ``[L, C]``, and their ``[R, 2, L, C]`` stack (None when
+    the prompts differ in length: the caller loops over regions). They depend only on the prompts and the
+    weights, so they are computed once per sampling run (cached on the run), not once per layer call.
     """
     cache = state.run.fused_kv_cache if state.run is not None else {}
     ckey = (key, tuple(regions), device, dtype)
-    if ckey in cache:
-        return cache[ckey]
-    n_regions = len(call.fused_contexts)
-    ks, vs = [], []
-    for region in regions:
-        style = region if region < n_regions - 1 else None
-        kr, vr = [], []
-        for ctx in call.fused_contexts[region]:
-            ctx = ctx[:1].to(device)
-            kr.append(_project(module.to_k, ctx, dk.get(style) if style is not None else None, dtype)[0])
-            vr.append(_project(module.to_v, ctx, dv.get(style) if style is not None else None, dtype)[0])
-        ks.append(kr)
-        vs.append(vr)
-    lengths = {t.shape[0] for pair in ks for t in pair}
-    out = None
-    if len(lengths) == 1:
-        out = (
-            torch.stack([torch.stack(pair) for pair in ks]).to(dtype),
-            torch.stack([torch.stack(pair) for pair in vs]).to(dtype),
-        )
-    cache[ckey] = out
-    return out
+    if ckey not in cache:
+        n_regions = len(call.fused_contexts)
+        ks, vs = [], []
+        for region in regions:
+            style = region if region < n_regions - 1 else None
+            kr, vr = [], []
+            for ctx in call.fused_contexts[region]:
+                ctx = ctx[:1].to(device)
+                kr.append(_project(module.to_k, ctx, dk.get(style) if style is not None else None, dtype)[0])
+                vr.append(_project(module.to_v, ctx, dv.get(style) if style is not None else None, dtype)[0])
+            ks.append(kr)
+            vs.append(vr)
+        cache[ckey] = (ks, vs, _stack_kv(ks, vs))
+    return cache[ckey]
 
 
 def make_attn2_replace(state, attn2_modules: dict, previous=None):
@@ -182,25 +182,20 @@ def make_attn2_replace(state, attn2_modules: dict, previous=None):
     def plain(q, k, v, extra_options):
         return attend(q, k, v, extra_options, previous)
 
-    def region_loop(call, module, qr, weights, regions, dk, dv, heads, extra_options):
+    def region_loop(call, qr, weights, regions, ks, vs, heads, extra_options):
         """One attention per (region, role): prompts of different lengths."""
         fused = torch.zeros_like(qr)
-        for region in regions:
-            ctx_by_role = call.fused_contexts[region]
-            for uncond in (False, True):
+        for ri, region in enumerate(regions):
+            for role, uncond in enumerate((False, True)):
                 sel = [i for i, u in enumerate(call.fused_uncond) if u == uncond]
                 if not sel:
                     continue
-                ctx = ctx_by_role[1 if uncond else 0].to(qr.device)
-                style = region if region < len(call.fused_contexts) - 1 else None
-                kk = _project(module.to_k, ctx, dk.get(style) if style is not None else None, qr.dtype)
-                vv = _project(module.to_v, ctx, dv.get(style) if style is not None else None, qr.dtype)
                 idx = torch.tensor(sel, device=qr.device)
                 qs = qr.index_select(0, idx)
                 o = attention.optimized_attention(
                     qs,
-                    kk.expand(qs.shape[0], -1, -1).to(qs.dtype),
-                    vv.expand(qs.shape[0], -1, -1).to(qs.dtype),
+                    ks[ri][role].expand(qs.shape[0], -1, -1),
+                    vs[ri][role].expand(qs.shape[0], -1, -1),
                     heads,
                     attn_precision=extra_options.get("attn_precision"),
                 )
@@ -227,13 +222,13 @@ def make_attn2_replace(state, attn2_modules: dict, previous=None):
         dk = getattr(type(to_k), "_ds_deltas", {})
         dv = getattr(type(to_v), "_ds_deltas", {})
         regions = [r for r, ctx in enumerate(call.fused_contexts) if ctx is not None and weights[r] is not None]
-        kv = _region_kv(state, module, key, call, regions, dk, dv, qr.device, qr.dtype)
-        if kv is None:
-            fused = region_loop(call, module, qr, weights, regions, dk, dv, heads, extra_options)
+        ks, vs, stacked = _region_kv(state, module, key, call, regions, dk, dv, qr.device, qr.dtype)
+        if stacked is None:
+            fused = region_loop(call, qr, weights, regions, ks, vs, heads, extra_options)
         else:
             # every (region, row) pair in one attention call: queries repeated per region, each row's keys and
             # values from its region's prompt and its role (cond/uncond)
-            kk, vv = kv  # [R, 2, L, C]
+            kk, vv = stacked  # [R, 2, L, C]
             role = call.fused_role_index.to(qr.device)
             n, r = qr.shape[0], len(regions)
             keys = kk.index_select(1, role).flatten(0, 1)  # [R*n, L, C]
@@ -254,21 +249,3 @@ def make_attn2_replace(state, attn2_modules: dict, previous=None):
     diffstyler_region_attn2.diffstyler_previous = previous
     diffstyler_region_attn2.diffstyler_owner = state
     return diffstyler_region_attn2
-
-
-def attn2_module_map(model) -> dict:
-    """(block name, block id, transformer index) -> the CrossAttention module ``attn2`` of that block."""
-    dm = model.model.diffusion_model
-    out = {}
-    groups = [("input", dm.input_blocks), ("output", dm.output_blocks)]
-    for name, blocks in groups:
-        for bid, block in enumerate(blocks):
-            for layer in block:
-                for ti, tb in enumerate(getattr(layer, "transformer_blocks", [])):
-                    if getattr(tb, "attn2", None) is not None:
-                        out[(name, bid, ti)] = tb.attn2
-    for layer in dm.middle_block:
-        for ti, tb in enumerate(getattr(layer, "transformer_blocks", [])):
-            if getattr(tb, "attn2", None) is not None:
-                out[("middle", 0, ti)] = tb.attn2
-    return out

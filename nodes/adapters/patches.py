@@ -294,6 +294,20 @@ class InjectedResBlockMixin:
 # ---------------------------------------------------------------- attn1 replace (Q/K injection)
 
 
+def attend(q, k, v, extra_options: dict, previous=None):
+    """An attention replace's own attention: the replace registered before ours (chained), else ComfyUI's."""
+    if previous is not None:
+        return previous(q, k, v, extra_options)
+    return attention.optimized_attention(
+        q,
+        k,
+        v,
+        extra_options["n_heads"],
+        attn_precision=extra_options.get("attn_precision"),
+        transformer_options=extra_options,
+    )
+
+
 def make_qk_replace(state: PatchState, previous=None):
     """An attn1 replace: blend the style rows' Q/K with the content rows' (paper Sec. 3.2), V untouched.
 
@@ -344,20 +358,6 @@ def overridden_replaces(state: PatchState, model_options: dict) -> list[tuple[st
 
 
 # ---------------------------------------------------------------- APPLY_MODEL wrapper (content rows)
-
-
-def attend(q, k, v, extra_options: dict, previous=None):
-    """An attention replace's own attention: the replace registered before ours (chained), else ComfyUI's."""
-    if previous is not None:
-        return previous(q, k, v, extra_options)
-    return attention.optimized_attention(
-        q,
-        k,
-        v,
-        extra_options["n_heads"],
-        attn_precision=extra_options.get("attn_precision"),
-        transformer_options=extra_options,
-    )
 
 
 def _index(rows: list[int], device) -> torch.Tensor:
@@ -490,6 +490,20 @@ def attn1_module_paths(block_map: BlockMap, model) -> set[str]:
     return out
 
 
+def attention_modules(model, attr: str) -> dict:
+    """``(block name, block id, transformer index)`` -> the ``attr`` ("attn1"/"attn2") module of that transformer
+    block: the slots ComfyUI looks attention replaces up by (the middle block is id 0)."""
+    dm = model.model.diffusion_model
+    out = {}
+    for name, blocks in (("input", dm.input_blocks), ("middle", [dm.middle_block]), ("output", dm.output_blocks)):
+        for bid, block in enumerate(blocks):
+            for layer in block:
+                for ti, tb in enumerate(getattr(layer, "transformer_blocks", [])):
+                    if getattr(tb, attr, None) is not None:
+                        out[(name, bid, ti)] = getattr(tb, attr)
+    return out
+
+
 def replace_block(patched, kind: str, name: str, bid: int, make) -> list[tuple]:
     """Set ``make(previous)`` as the ``kind`` ("attn1"/"attn2") replace of block ``(name, bid)`` and of every
     ``(name, bid, index)`` slot already set (ComfyUI looks those up first), chaining the replace each slot had.
@@ -543,12 +557,11 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
     patched.add_object_patch(block_map.resblock, swapped_copy(res, InjectedResBlockMixin, _ds_state=state))
     logger.info("DiffStyler: ResBlock feature injection at %s", block_map.resblock)
 
-    slots = set()
-    for path in injected_attn:  # diffusion_model.output_blocks.<i>.<j>.transformer_blocks.<t>.attn1.<proj>
-        parts = path.split(".")
-        if "transformer_blocks" in parts:
-            slots.add(("output", int(parts[2]), int(parts[parts.index("transformer_blocks") + 1])))
-    state.replace_slots = [("attn1", slot) for slot in sorted(slots)]
+    state.replace_slots = [
+        ("attn1", slot)
+        for slot in sorted(attention_modules(patched, "attn1"))
+        if slot[0] == "output" and slot[1] in block_map.qk_blocks
+    ]
     for i in block_map.qk_blocks:
         for key in replace_block(patched, "attn1", "output", i, lambda previous: make_qk_replace(state, previous)):
             logger.info("DiffStyler: chained Q/K injection onto an existing attn1 replace at %s", key)
@@ -557,7 +570,7 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
     if settings.get("fusion") == "feature":
         from . import feature_fusion
 
-        attn2 = feature_fusion.attn2_module_map(patched)
+        attn2 = attention_modules(patched, "attn2")
         state.replace_slots += [("attn2", slot) for slot in sorted(attn2)]
         for name, bid in sorted({(n, b) for n, b, _t in attn2}):
             replace_block(

@@ -643,19 +643,31 @@ def test_feature_fusion_batched_paths_equal_the_per_region_loops(tiny, mods, inv
         tiny.model, styles, 0.6, 0.5, "adaptive", True, "feature"
     ).args[0]
     calls = {"batched": 0}
-    real_kv = feature_fusion._region_kv
+    real_stack = feature_fusion._stack_kv
 
-    def counting_kv(*a, **k):
-        out = real_kv(*a, **k)
+    def counting_stack(*a, **k):
+        out = real_stack(*a, **k)
         calls["batched"] += out is not None
         return out
 
-    monkeypatch.setattr(feature_fusion, "_region_kv", counting_kv)
+    real_project = feature_fusion._project
+    projections = {"batched": 0, "looped": 0}
+    mode = "batched"
+
+    def counting_project(*a, **k):
+        projections[mode] += 1
+        return real_project(*a, **k)
+
+    monkeypatch.setattr(feature_fusion, "_project", counting_project)
+    monkeypatch.setattr(feature_fusion, "_stack_kv", counting_stack)
     batched = run(mods, patched, inverted, prompts, styles)
     assert calls["batched"] > 0
-    monkeypatch.setattr(feature_fusion, "_region_kv", lambda *a, **k: None)
+    monkeypatch.setattr(feature_fusion, "_stack_kv", lambda *a, **k: None)
     monkeypatch.setattr(feature_fusion, "_stacked_factors", lambda *a, **k: None)
+    mode = "looped"
     looped = run(mods, patched, inverted, prompts, styles)
+    # region prompts are projected once per run on both paths (not once per layer call and step)
+    assert projections["looped"] == projections["batched"] > 0, projections
     diff = float((batched - looped).abs().max())
     print(f"\nfeature fusion k=2, batched vs per-region loops: max |diff| {diff:.2e}")
     assert diff <= 1e-5 and not torch.equal(batched, inverted.content_latent)

@@ -77,9 +77,9 @@ def test_plain_ksampler_on_the_patched_model_equals_the_unpatched_model(tiny, in
 # ---------------------------------------------------------------------------------------------- other packs
 
 
-def test_another_packs_attn1_replace_stays_active(tiny, pack, caplog):
-    import comfy.ldm.modules.attention as attention
-    from comfyui_diffstyler.nodes import inject, sample, style
+def one_style_inputs(tiny, mask, lora_seed):
+    """(inversion, cond, neg, styles): a random 64x64 image inverted, one random LoRA style on ``mask``."""
+    from comfyui_diffstyler.nodes import style
     from comfyui_diffstyler.nodes.adapters import inversion
 
     def enc(text):
@@ -89,11 +89,20 @@ def test_another_packs_attn1_replace_stays_active(tiny, pack, caplog):
     with torch.no_grad():
         lat = tiny.vae.encode(torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2))).float()
     inv = inversion.invert(tiny.model, lat, STEPS, empty, disable_pbar=True)
+    styles = style.DiffStylerStyleLoRA.execute(
+        "None", 1.0, cond, mask, lora=dst_core.random_lora(tiny.model, seed=lora_seed)
+    ).args[0]
+    return inv, cond, neg, styles
+
+
+def test_another_packs_attn1_replace_stays_active(tiny, pack, caplog):
+    import comfy.ldm.modules.attention as attention
+    from comfyui_diffstyler.nodes import inject, sample
+    from comfyui_diffstyler.nodes.adapters import inversion
+
     mask = torch.zeros(1, 64, 64)
     mask[:, :, :32] = 1
-    styles = style.DiffStylerStyleLoRA.execute(
-        "None", 1.0, cond, mask, lora=dst_core.random_lora(tiny.model, seed=80)
-    ).args[0]
+    inv, cond, neg, styles = one_style_inputs(tiny, mask, lora_seed=80)
 
     seen = []
 
@@ -142,18 +151,9 @@ def test_a_replace_set_after_the_injector_is_reported(tiny, pack, caplog):
     """ComfyUI keeps one attention replace per block: one set after the Injector turns DiffStyler's Q/K
     injection off there. The sampler says so (block and replace named) instead of silently losing it."""
     import comfy.ldm.modules.attention as attention
-    from comfyui_diffstyler.nodes import inject, sample, style
-    from comfyui_diffstyler.nodes.adapters import inversion
+    from comfyui_diffstyler.nodes import inject, sample
 
-    def enc(text):
-        return tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(text))
-
-    empty, cond, neg = enc(""), enc("painting of <sss>"), enc("ugly")
-    lat = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    inv = inversion.invert(tiny.model, lat, STEPS, empty, disable_pbar=True)
-    styles = style.DiffStylerStyleLoRA.execute(
-        "None", 1.0, cond, torch.ones(1, 64, 64), lora=dst_core.random_lora(tiny.model, seed=81)
-    ).args[0]
+    inv, cond, neg, styles = one_style_inputs(tiny, torch.ones(1, 64, 64), lora_seed=81)
     patched = inject.DiffStylerCrossLoRAInjector.execute(tiny.model, styles, 0.6, 0.5, "adaptive", True).args[0]
     sample.DiffStylerMaskedFusionSampler.execute(patched, inv, cond, neg, 6.0, "exact", styles)
     assert "replaced after it" not in caplog.text
