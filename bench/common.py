@@ -230,3 +230,37 @@ class PeakMemory:
         self.rss = max(self.max, self.proc.memory_info().rss)
         self.peak = torch.cuda.max_memory_allocated() if self.device.type == "cuda" else self.rss
         return False
+
+
+class KernelCount:
+    """Counts the ATen operations that launch work (views and allocations excluded) while active: the
+    per-kernel cost that bounds a fast GPU at small sizes (launches, dispatch), counted alike on any device.
+    Re-entrant per instance (``n`` accumulates)."""
+
+    def __init__(self):
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        aten = torch.ops.aten
+        NO_KERNEL = {aten._unsafe_view, aten.empty, aten.empty_like, aten.empty_strided, aten.detach}  # noqa: N806
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if not (func.is_view or func.overloadpacket in NO_KERNEL):
+                    counter.n += 1
+                return func(*args, **(kwargs or {}))
+
+        self.n = 0
+        self._mode_cls = Mode
+        self._modes = []
+
+    def __enter__(self):
+        mode = self._mode_cls()
+        self._modes.append(mode)
+        mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._modes.pop().__exit__(*exc)
+        return False

@@ -13,9 +13,11 @@ random prompt embeddings, a random content latent and k stripe masks. Rows:
 * fast       - the cache plus the experimental feature-fusion mode (2 rows per step whatever k).
 
 Warm-up runs are excluded; every time is the median of ``--repeats``. Ratios are to ``plain`` in the
-same run. ``--json`` prints one JSON object as the last line.
+same run. ``--kernels`` adds one untimed run per case that counts the ATen operations launching work
+(views excluded) per step: what bounds a fast GPU at small sizes, counted alike on the CPU. ``--json``
+prints one JSON object as the last line.
 
-    python bench/run.py [--size 256] [--steps 10] [--repeats 3] [--cpu] [--attention pytorch] [--json]
+    python bench/run.py [--size 256] [--steps 10] [--repeats 3] [--cpu] [--attention pytorch] [--kernels] [--json]
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ def timed(fn, device, repeats: int, warmup: int | None = None):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     return statistics.median(times), out
+
+
+def kernels_per_step(fn, steps: int) -> float:
+    """ATen operations that launch work, per sampling step, in one more (untimed) run of ``fn``."""
+    with common.KernelCount() as kc:
+        fn()
+    return kc.n / steps
 
 
 def counting(patcher):
@@ -204,6 +213,7 @@ def main():
         "for the device: PyTorch SDPA on NVIDIA, sub-quadratic on the CPU)",
     )
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--kernels", action="store_true", help="count kernels per step (one more untimed run per case)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     global WARMUP
@@ -247,6 +257,7 @@ def main():
         "peak_mb": {},
         "peak_rss_mb": {},
         "peak_mb_measure": "CUDA allocator peak" if dev.type == "cuda" else "process peak RSS",
+        "kernels_per_step": {},
     }
 
     t_inv, inv = timed(lambda: inversion.invert(model, latent, args.steps, empty, disable_pbar=True), dev, args.repeats)
@@ -288,6 +299,8 @@ def main():
     res["peak_mb"]["plain"] = pm.peak / 2**20
     res["peak_rss_mb"]["plain"] = pm.rss / 2**20
     res["rows_per_step"]["plain"] = plain_rows["rows"] / (runs_per_case * n)
+    if args.kernels:
+        res["kernels_per_step"]["plain"] = kernels_per_step(plain, n)
     for k in ks:
         masks = common.stripes(k, args.size)
         styles = None
@@ -316,21 +329,25 @@ def main():
             res["peak_mb"][f"{tag}_k{k}"] = pm.peak / 2**20
             res["peak_rss_mb"][f"{tag}_k{k}"] = pm.rss / 2**20
             res["rows_per_step"][f"{tag}_k{k}"] = rows["rows"] / (runs_per_case * n)
+            if args.kernels:
+                res["kernels_per_step"][f"{tag}_k{k}"] = kernels_per_step(ours, n)
         del patched, fused
         if not args.no_reference:
             copies = reference_copies(model, loras[:k])
             ref_rows = {"rows": 0}
             masks_lat = [resize_mask_to_latent(m, 1, h, h, "m") for m in masks]
+
+            def reference(copies=copies, masks_lat=masks_lat, k=k, ref_rows=ref_rows):
+                return reference_sample(copies, inv, empty, neg, pos[: k + 1], masks_lat, args.cfg, ref_rows)
+
             with common.PeakMemory(dev) as pm:
-                t, _ = timed(
-                    lambda: reference_sample(copies, inv, empty, neg, pos[: k + 1], masks_lat, args.cfg, ref_rows),
-                    dev,
-                    args.repeats,
-                )
+                t, _ = timed(reference, dev, args.repeats)
             res["reference_s"][str(k)] = t
             res["peak_mb"][f"reference_k{k}"] = pm.peak / 2**20
             res["peak_rss_mb"][f"reference_k{k}"] = pm.rss / 2**20
             res["rows_per_step"][f"reference_k{k}"] = ref_rows["rows"] / (runs_per_case * n)
+            if args.kernels:
+                res["kernels_per_step"][f"reference_k{k}"] = kernels_per_step(reference, n)
             del copies
             mm.soft_empty_cache()
     first, second = rerun_cost(pack, model, latent, empty, args.steps)
@@ -344,40 +361,28 @@ def main():
         f"warm-up run(s), torch "
         f"{torch.__version__}, {torch.get_num_threads()} CPU thread(s)"
     )
-    print(f"{'run':<22}{'seconds':>10}{'x plain':>10}{'rows/step':>11}{'peak MB':>10}")
+    kern = res["kernels_per_step"]
+    print(
+        f"{'run':<22}{'seconds':>10}{'x plain':>10}{'rows/step':>11}{'peak MB':>10}"
+        + (f"{'kernels/step':>14}{'x plain':>9}" if kern else "")
+    )
 
-    def row(name, t, rows, peak):
-        print(f"{name:<22}{t:>10.3f}{t / res['plain_s']:>10.2f}{rows:>11.1f}{peak:>10.0f}")
+    def row(name, t, tag):
+        rows = res["rows_per_step"][tag]
+        line = f"{name:<22}{t:>10.3f}{t / res['plain_s']:>10.2f}{rows:>11.1f}{res['peak_mb'][tag]:>10.0f}"
+        if tag in kern:
+            line += f"{kern[tag]:>14.0f}{kern[tag] / kern['plain']:>9.2f}"
+        print(line)
 
-    row("plain DDIM", res["plain_s"], 2, res["peak_mb"]["plain"])
+    row("plain DDIM", res["plain_s"], "plain")
     for k in ks:
-        row(
-            f"diffstyler k={k}",
-            res["diffstyler_s"][str(k)],
-            res["rows_per_step"][f"diffstyler_k{k}"],
-            res["peak_mb"][f"diffstyler_k{k}"],
-        )
+        row(f"diffstyler k={k}", res["diffstyler_s"][str(k)], f"diffstyler_k{k}")
         if str(k) in res.get("diffstyler_cache_s", {}):
-            row(
-                f"  + feature cache k={k}",
-                res["diffstyler_cache_s"][str(k)],
-                res["rows_per_step"][f"cache_k{k}"],
-                res["peak_mb"][f"cache_k{k}"],
-            )
+            row(f"  + feature cache k={k}", res["diffstyler_cache_s"][str(k)], f"cache_k{k}")
         if str(k) in res["diffstyler_fast_s"]:
-            row(
-                "  + cache + feat.fusion",
-                res["diffstyler_fast_s"][str(k)],
-                res["rows_per_step"][f"fast_k{k}"],
-                res["peak_mb"][f"fast_k{k}"],
-            )
+            row("  + cache + feat.fusion", res["diffstyler_fast_s"][str(k)], f"fast_k{k}")
         if str(k) in res["reference_s"]:
-            row(
-                f"reference k={k}",
-                res["reference_s"][str(k)],
-                res["rows_per_step"][f"reference_k{k}"],
-                res["peak_mb"][f"reference_k{k}"],
-            )
+            row(f"reference k={k}", res["reference_s"][str(k)], f"reference_k{k}")
     for k in ks:
         if str(k) in res["reference_s"]:
             speedup = res["reference_s"][str(k)] / res["diffstyler_s"][str(k)]

@@ -86,15 +86,58 @@ def _stacked_factors(module, deltas: dict, styles: tuple, device, dtype):
     return cache[key]
 
 
-def fused_lora_delta(module, x: torch.Tensor, call, deltas: dict, cast) -> torch.Tensor | None:
-    """The token-masked sum of every style's LoRA delta on the fused rows, or None when not spatial.
+def fused_lora_add(module, x: torch.Tensor, out: torch.Tensor, call, deltas: dict, cast) -> torch.Tensor:
+    """``out`` (the layer's own fresh output) plus the token-masked sum of every style's LoRA delta on the fused
+    rows; ``out`` unchanged where the layer is not spatial.
 
     Linear layers with plain low-rank deltas take two matmuls whatever k is:
     ``sum_s w_s * (x D_s^T) U_s^T = ((x [D_1..D_k]^T) * [w_1..w_k]) [U_1..U_k]^T`` (each ``w_s`` repeated over
-    its rank). Conv layers and full-weight deltas loop over the styles.
+    its rank); when every row of the call is fused (no content row) the second one adds into ``out`` in place.
+    Conv layers and full-weight deltas loop over the styles.
     """
     rows = call.fused_rows
-    xr = x if rows.numel() == x.shape[0] else x.index_select(0, rows)
+    every_row = rows.numel() == x.shape[0]
+    xr = x if every_row else x.index_select(0, rows)
+    if isinstance(module, torch.nn.Linear) and xr.ndim == 3:
+        stacked = _stacked_linear(module, xr, call, deltas)
+        if stacked is not None:
+            h, up = stacked  # h: [rows * tokens, sum of ranks]
+            if every_row and out.is_contiguous() and out.dtype == h.dtype:
+                out.view(-1, out.shape[-1]).addmm_(h, up.t())
+                return out
+            return _add_rows(out, F.linear(h, up).view(*xr.shape[:-1], -1), rows, every_row)
+    delta = _fused_delta(module, xr, x, call, deltas, cast)
+    return out if delta is None else _add_rows(out, delta, rows, every_row)
+
+
+def _add_rows(out, delta, rows, every_row: bool):
+    if every_row and out.dtype == delta.dtype:
+        return out.add_(delta)
+    return out.index_add(0, rows, delta.to(out.dtype))
+
+
+def _stacked_linear(module, xr, call, deltas: dict):
+    """``(x [D_1..D_k]^T * w, [U_1..U_k])`` for a Linear whose deltas are plain low-rank pairs, else None (the first
+    flattened to ``[rows * tokens, sum of ranks]``)."""
+    weights = token_weights(call, xr.shape[1], xr.device, xr.dtype)
+    if weights is None:
+        return None
+    styles = tuple(s for s in deltas if weights[s] is not None)
+    if not styles:
+        return None
+    stack = _stacked_factors(module, deltas, styles, xr.device, xr.dtype)
+    if stack is None:
+        return None
+    down, up, ranks = stack
+    key = ("rank_weights", xr.shape[1], xr.device, xr.dtype, styles, ranks)
+    cache = call.fused_token_cache
+    if key not in cache:
+        cache[key] = torch.cat([weights[s].expand(-1, -1, r) for s, r in zip(styles, ranks)], dim=-1).flatten(0, 1)
+    return F.linear(xr.reshape(-1, xr.shape[-1]), down).mul_(cache[key]), up
+
+
+def _fused_delta(module, xr, x, call, deltas: dict, cast) -> torch.Tensor | None:
+    """The per-style loop (conv layers, full-weight or bias deltas): the masked sum of the deltas, or None."""
     if isinstance(module, torch.nn.Conv2d):
         from ..core.lora import conv2d_delta
 
@@ -112,16 +155,6 @@ def fused_lora_delta(module, x: torch.Tensor, call, deltas: dict, cast) -> torch
     if weights is None:
         return None
     styles = tuple(s for s in deltas if weights[s] is not None)
-    if not styles:
-        return None
-    stack = _stacked_factors(module, deltas, styles, xr.device, xr.dtype)
-    if stack is not None:
-        down, up, ranks = stack
-        key = ("rank_weights", xr.shape[1], xr.device, xr.dtype, styles, ranks)
-        cache = call.fused_token_cache
-        if key not in cache:
-            cache[key] = torch.cat([weights[s].expand(-1, -1, r) for s, r in zip(styles, ranks)], dim=-1)
-        return F.linear(F.linear(xr, down) * cache[key], up)
     total = None
     for s in styles:
         dd = linear_delta(xr, cast(s, deltas[s], x)) * weights[s]
@@ -228,18 +261,21 @@ def make_attn2_replace(state, attn2_modules: dict, previous=None):
         else:
             # every (region, row) pair in one attention call: queries repeated per region, each row's keys and
             # values from its region's prompt and its role (cond/uncond)
-            kk, vv = stacked  # [R, 2, L, C]
-            role = call.fused_role_index.to(qr.device)
             n, r = qr.shape[0], len(regions)
-            keys = kk.index_select(1, role).flatten(0, 1)  # [R*n, L, C]
-            values = vv.index_select(1, role).flatten(0, 1)
+            cache = call.fused_token_cache  # per sampling run and row layout
+            ckey = ("region_kv", key, tuple(regions), qr.device, qr.dtype)
+            if ckey not in cache:
+                kk, vv = stacked  # [R, 2, L, C]
+                role = call.fused_role_index.to(qr.device)
+                cache[ckey] = (
+                    kk.index_select(1, role).flatten(0, 1),  # [R*n, L, C]: each row's role, per region
+                    vv.index_select(1, role).flatten(0, 1),
+                    torch.stack([weights[i] for i in regions]),  # [R, n, T, 1]
+                )
+            keys, values, w = cache[ckey]
             o = attention.optimized_attention(
                 qr.repeat(r, 1, 1), keys, values, heads, attn_precision=extra_options.get("attn_precision")
             )
-            w = call.fused_token_cache.get(("region_weights", tuple(regions), qr.shape[1], qr.device, qr.dtype))
-            if w is None:
-                w = torch.stack([weights[i] for i in regions])  # [R, n, T, 1]
-                call.fused_token_cache[("region_weights", tuple(regions), qr.shape[1], qr.device, qr.dtype)] = w
             fused = (o.view(r, n, *o.shape[1:]) * w).sum(dim=0)
         if every_row:
             return fused.to(q.dtype)

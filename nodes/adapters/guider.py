@@ -108,8 +108,8 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         traj = inv.trajectory.to(x.device, x.dtype)
         self._traj = traj
 
-        def content_latent_at(sigma):
-            return traj[inv.content_index(sigma)]  # InversionResult.content_input_at, already on the device
+        def content_latent_at(step):  # InversionResult.content_input_at by step index, already on the device
+            return traj[min(step + 1, traj.shape[0] - 1)]
 
         s = self.state.settings
         self._branches = branches

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from ..core.lora import LayerDelta, conv2d_delta, linear_delta
-from ..core.schedule import blend_qk, find_sigma_index, in_window, qk_blend_ratio
+from ..core.schedule import blend_qk, blend_qk_, find_sigma_index, in_window, qk_blend_ratio
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +62,22 @@ class CallPlan:
     lora_rows: dict[int, torch.Tensor]  # style index -> row indices that get that style's LoRA
     lora_ranges: dict = field(default_factory=dict)  # style -> (start, stop) when its rows are contiguous
     lora_block: tuple | None = None  # (start, rows per style, styles) when styles own equal adjacent blocks
+    # hashable summary of the LoRA rows when every style's rows are contiguous and no row is fused:
+    # (lora_in_injected_attention, ((style, start, stop), ...), lora_block); layers build their plan for it once
+    lora_layout: tuple | None = None
     res_rows: torch.Tensor | None = None  # rows whose ResBlock residual is replaced ...
     res_src: torch.Tensor | None = None  # ... by these (content) rows
     qk_rows: torch.Tensor | None = None
     qk_src: torch.Tensor | None = None
     qk_ratio: float = 1.0
     lora_in_injected_attention: bool = True
-    res_cached: torch.Tensor | None = None  # content residual rows from the feature cache (instead of res_src)
-    qk_cached: dict | None = None  # (block, transformer index) -> (q, k) from the feature cache
+    res_cached: torch.Tensor | None = None  # the content residual [B, ...] from the feature cache (instead of res_src)
+    qk_cached: dict | None = None  # (block, transformer index) -> (q, k) [B, ...] from the feature cache
     cached_batch_index: torch.Tensor | None = None  # for each injected row, its batch item in the cache
+    # (start, chunks, b) when the injected rows are one run [start, start + chunks*b) whose row start + j*b + i
+    # takes content row i (row i of the call, or batch item i of the cache): injection in place on views, one
+    # kernel per tensor instead of gathers and scatters
+    inject_span: tuple[int, int, int] | None = None
     fused_rows: torch.Tensor | None = None  # feature-fusion mode: rows shared by every style
     fused_batch_index: torch.Tensor | None = None
     fused_uncond: list | None = None
@@ -78,7 +85,7 @@ class CallPlan:
     fused_weights: list | None = None  # per style, then background: [B,1,h,w]
     fused_contexts: list | None = None  # per style, then background: (cond context, uncond context)
     fused_latent_hw: tuple | None = None
-    fused_token_cache: dict = field(default_factory=dict)
+    fused_token_cache: dict = field(default_factory=dict)  # the run's cache for this call's fused row layout
 
 
 @dataclass
@@ -89,7 +96,7 @@ class RunPlan:
     inject_branches: set[int]  # branches that receive content features
     lora_branch_to_style: dict[int, int]  # branch -> style index whose deltas apply
     sample_sigmas: torch.Tensor
-    content_latent_at: object  # callable(sigma) -> model-space [B,C,h,w]
+    content_latent_at: object  # callable(step index in sample_sigmas) -> the content row's input, model space
     content_conditioning: dict  # name -> ComfyUI CONDRegular for the content rows
     feature_end: float
     qk_end: float
@@ -102,6 +109,26 @@ class RunPlan:
     fused_contexts: list | None = None
     latent_hw: tuple | None = None
     fused_kv_cache: dict = field(default_factory=dict)  # feature fusion: region prompts' K/V per layer
+    timesteps: list | None = None  # model timestep of each sample sigma (computed once per run: no sync per call)
+    index_cache: dict = field(default_factory=dict)  # row lists -> index tensors on the device, reused every step
+    fused_token_caches: dict = field(default_factory=dict)  # fused row layout -> masks per grid, region K/V per row
+
+    def timestep_at(self, step: int) -> float:
+        if self.timesteps is None:
+            sig = self.sample_sigmas
+            pos = sig > 0
+            ts = torch.zeros(sig.shape, dtype=torch.float64)
+            if bool(pos.any()):
+                device = self.model_sampling.sigmas.device if hasattr(self.model_sampling, "sigmas") else sig.device
+                ts[pos] = self.model_sampling.timestep(sig[pos].to(device)).double().cpu()
+            self.timesteps = ts.tolist()
+        return self.timesteps[step]
+
+    def index(self, rows: list[int], device) -> torch.Tensor:
+        key = (tuple(rows), device)
+        if key not in self.index_cache:
+            self.index_cache[key] = torch.tensor(rows, dtype=torch.long, device=device)
+        return self.index_cache[key]
 
 
 class PatchState:
@@ -134,7 +161,7 @@ def swapped_copy(module: torch.nn.Module, mixin: type, **class_attrs) -> torch.n
     two is in the model tree. The per-patch data lives on a class made for this one view.
     """
     base = type(module)
-    cls = type(f"DiffStyler{base.__name__}", (mixin, base), {"_ds_cache": {}, **class_attrs})
+    cls = type(f"DiffStyler{base.__name__}", (mixin, base), {"_ds_cache": {}, "_ds_plans": {}, **class_attrs})
     new = object.__new__(cls)
     new.__dict__ = module.__dict__
     return new
@@ -152,18 +179,71 @@ class RowLoRAMixin:
         out = super().forward(x, *args, **kwargs)
         state = self._ds_state
         call = state.call if state.run is not None else None
-        if call is None or (not call.lora_rows and call.fused_rows is None):
+        if call is None:
+            return out
+        if call.lora_layout is not None and x.dtype == out.dtype and out.is_contiguous():
+            plan = self._ds_plan(call.lora_layout, x)
+            if plan is not None:  # the common case: matmuls straight into views of the fresh output
+                for a, e, k, down, up in plan:
+                    if k == 0:  # one style's rows [a, e): out += (x D^T) U^T
+                        h = F.linear(x[a:e].reshape(-1, x.shape[-1]), down)
+                        out[a:e].view(-1, out.shape[-1]).addmm_(h, up)
+                    else:  # k styles' equal blocks of rows [a, e): one batched matmul pair
+                        h = torch.bmm(x[a:e].reshape(k, -1, x.shape[-1]), down)
+                        out[a:e].view(k, -1, out.shape[-1]).baddbmm_(h, up)
+                return out
+        return self._ds_rows(x, out, call)
+
+    def _ds_plan(self, layout: tuple, x: torch.Tensor) -> tuple | None:
+        """This layer's work for a call's row layout: ``(start, stop, k, down, up)`` per matmul pair, with the
+        factors on ``x``'s device and dtype, scale folded, transposed for ``addmm_``/``baddbmm_`` (k = 0: one
+        style; k > 0: k styles' equal adjacent blocks). Built once per layout; None sends the layer down the
+        general path (conv layers, full-weight or bias deltas, styles of different ranks)."""
+        plans = type(self)._ds_plans
+        key = (layout, x.device, x.dtype)
+        if key in plans:
+            return plans[key]
+        in_injected_attention, ranges, block = layout
+        ds = self._ds_deltas
+        plan = None
+        if self._ds_in_injected_attention and not in_injected_attention:
+            plan = ()
+        elif not isinstance(self, torch.nn.Conv2d) and all(
+            d.down is not None and d.weight is None and d.bias is None for d in ds.values()
+        ):
+            folded = {s: self._ds_cast(s, d, x) for s, d in ds.items()}
+            ranks = {d.down.shape[0] for d in folded.values()}
+            if block is not None and len(ranks) == 1 and all(s in ds for s in block[2]):
+                a, per, styles = block
+                stack_key = ("stack", styles, x.device, x.dtype)  # one stack per style set, whatever the layout
+                cache = type(self)._ds_cache
+                if stack_key not in cache:
+                    cache[stack_key] = (
+                        torch.stack([folded[s].down.flatten(1).t() for s in styles]),  # [k, in, r]
+                        torch.stack([folded[s].up.flatten(1).t() for s in styles]),  # [k, r, out]
+                    )
+                plan = ((a, a + per * len(styles), len(styles), *cache[stack_key]),)
+            else:
+                plan = tuple(
+                    (a, e, 0, folded[s].down.flatten(1), folded[s].up.flatten(1).t())
+                    for s, a, e in ranges
+                    if s in folded
+                )
+        if len(plans) > 32:
+            plans.clear()
+        plans[key] = plan
+        return plan
+
+    def _ds_rows(self, x, out, call):
+        """The general path: feature-fusion rows, rows that are not contiguous, conv and full-weight deltas."""
+        if not call.lora_rows and call.fused_rows is None:
             return out
         if self._ds_in_injected_attention and not call.lora_in_injected_attention:
             return out
         if call.fused_rows is not None and not self._ds_context_proj:
-            from .feature_fusion import fused_lora_delta
+            from .feature_fusion import fused_lora_add
 
-            delta = fused_lora_delta(self, x, call, self._ds_deltas, self._ds_cast)
-            if delta is not None:
-                out = out.index_add(0, call.fused_rows, delta.to(out.dtype))
-        if call.lora_block is not None and self._ds_stackable(call):
-            return self._ds_stacked(x, out, call)
+            out = fused_lora_add(self, x, out, call, self._ds_deltas, self._ds_cast)
         for style, rows in call.lora_rows.items():
             d = self._ds_deltas.get(style)
             if d is None or rows.numel() == 0:
@@ -172,69 +252,16 @@ class RowLoRAMixin:
             rng = call.lora_ranges.get(style)
             if rng is not None:  # contiguous rows: a view, and an in-place add on the fresh output
                 a, b = rng
-                if not self._ds_addmm(x[a:b], out[a:b], d):
-                    out[a:b] += self._ds_delta(x[a:b], d).to(out.dtype)
+                out[a:b] += self._ds_delta(x[a:b], d).to(out.dtype)
                 continue
             xr = x.index_select(0, rows)
             out = out.index_add(0, rows, self._ds_delta(xr, d).to(out.dtype))
         return out
 
-    def _ds_addmm(self, x, out, d: LayerDelta) -> bool:
-        """``out += up(down(x))`` as one matmul and one fused multiply-add into ``out`` (a Linear's rows).
-
-        False (nothing done) for conv layers, full-weight or bias deltas and mixed dtypes.
-        """
-        if (
-            d.down is None
-            or d.weight is not None
-            or d.bias is not None
-            or d.scale != 1.0
-            or isinstance(self, torch.nn.Conv2d)
-            or x.dtype != out.dtype
-            or not out.is_contiguous()
-        ):
-            return False
-        h = F.linear(x.reshape(-1, x.shape[-1]), d.down.flatten(1))
-        out.view(-1, out.shape[-1]).addmm_(h, d.up.flatten(1).t())
-        return True
-
     def _ds_delta(self, xr, d: LayerDelta):
         if isinstance(self, torch.nn.Conv2d):
             return conv2d_delta(xr, d, self.stride, self.padding, self.dilation, self.groups)
         return linear_delta(xr, d)
-
-    def _ds_stackable(self, call) -> bool:
-        styles = call.lora_block[2]
-        ok = type(self).__dict__.get("_ds_stack_ok")
-        if ok is None:
-            ds = self._ds_deltas
-            ranks = {ds[s].down.shape[0] for s in ds if ds[s].down is not None}
-            ok = (
-                not isinstance(self, torch.nn.Conv2d)
-                and len(ranks) == 1
-                and all(d.weight is None and d.bias is None and d.down is not None for d in ds.values())
-            )
-            type(self)._ds_stack_ok = ok
-        return ok and all(s in self._ds_deltas for s in styles)
-
-    def _ds_stacked(self, x, out, call):
-        """Every style's low-rank delta in two batched matmuls (rows of style i form block i)."""
-        start, per, styles = call.lora_block
-        key = ("stack", styles, x.device, x.dtype)
-        cache = type(self)._ds_cache
-        if key not in cache:
-            ds = [self._ds_deltas[s] for s in styles]
-            down = torch.stack([d.down.flatten(1) for d in ds]).to(x.device, x.dtype)  # [k, r, in]
-            up = torch.stack([d.up.flatten(1) * d.scale for d in ds]).to(x.device, x.dtype)  # [k, out, r]
-            cache[key] = (down.transpose(1, 2).contiguous(), up.transpose(1, 2).contiguous())
-        down_t, up_t = cache[key]
-        k = len(styles)
-        xs = x[start : start + k * per]
-        lead = xs.shape[1:-1]
-        h = torch.bmm(xs.reshape(k, -1, xs.shape[-1]), down_t)
-        delta = torch.bmm(h, up_t).reshape(k * per, *lead, up_t.shape[-1])
-        out[start : start + k * per] += delta.to(out.dtype)
-        return out
 
     def _ds_cast(self, style: int, d: LayerDelta, x: torch.Tensor) -> LayerDelta:
         cache = type(self)._ds_cache
@@ -257,8 +284,13 @@ class InjectedResBlockMixin:
         if call is None or call.res_rows is None:
             return super()._forward(x, emb)
         h = self._ds_residual(x, emb)
-        if call.res_cached is not None:
-            h = h.index_copy(0, call.res_rows, call.res_cached.to(device=h.device, dtype=h.dtype))
+        span = call.inject_span
+        src = None if call.res_cached is None else call.res_cached.to(device=h.device, dtype=h.dtype)
+        if span is not None and h.is_contiguous():  # h is this call's own fresh tensor
+            start, m, b = span
+            h[start : start + m * b].view(m, b, *h.shape[1:]).copy_(h[:b] if src is None else src)
+        elif src is not None:
+            h = h.index_copy(0, call.res_rows, src.index_select(0, call.cached_batch_index.to(h.device)))
         else:
             h = h.index_copy(0, call.res_rows, h.index_select(0, call.res_src))
         if self.updown:
@@ -319,16 +351,25 @@ def make_qk_replace(state: PatchState, previous=None):
         call = state.call if state.run is not None else None
         if call is not None and call.qk_rows is not None:
             r = call.qk_ratio
+            span = call.inject_span
+            q_src = k_src = None
             if call.qk_cached is not None:
                 key = (int(extra_options["block"][1]), int(extra_options.get("block_index", 0)))
                 q_c, k_c = call.qk_cached[key]
-                idx = call.cached_batch_index.to(q.device)
-                q_src = q_c.to(device=q.device, dtype=q.dtype).index_select(0, idx)
-                k_src = k_c.to(device=k.device, dtype=k.dtype).index_select(0, idx)
+                q_src, k_src = q_c.to(device=q.device, dtype=q.dtype), k_c.to(device=k.device, dtype=k.dtype)
+            if span is not None and q.is_contiguous() and k.is_contiguous():
+                # q and k are the projections ComfyUI just computed for this replace: blended in place
+                start, m, b = span
+                for t, src in ((q, q_src), (k, k_src)):
+                    blend_qk_(t[start : start + m * b].view(m, b, *t.shape[1:]), t[:b] if src is None else src, r)
             else:
-                q_src, k_src = q.index_select(0, call.qk_src), k.index_select(0, call.qk_src)
-            q = q.index_copy(0, call.qk_rows, blend_qk(q_src, q.index_select(0, call.qk_rows), r))
-            k = k.index_copy(0, call.qk_rows, blend_qk(k_src, k.index_select(0, call.qk_rows), r))
+                if q_src is not None:
+                    idx = call.cached_batch_index.to(q.device)
+                    q_src, k_src = q_src.index_select(0, idx), k_src.index_select(0, idx)
+                else:
+                    q_src, k_src = q.index_select(0, call.qk_src), k.index_select(0, call.qk_src)
+                q = q.index_copy(0, call.qk_rows, blend_qk(q_src, q.index_select(0, call.qk_rows), r))
+                k = k.index_copy(0, call.qk_rows, blend_qk(k_src, k.index_select(0, call.qk_rows), r))
         return attend(q, k, v, extra_options, previous)
 
     diffstyler_qk_replace.diffstyler_previous = previous
@@ -360,8 +401,14 @@ def overridden_replaces(state: PatchState, model_options: dict) -> list[tuple[st
 # ---------------------------------------------------------------- APPLY_MODEL wrapper (content rows)
 
 
-def _index(rows: list[int], device) -> torch.Tensor:
-    return torch.tensor(rows, dtype=torch.long, device=device)
+def inject_span(chunks: list[int], offset: int, b: int, cached: list) -> tuple[int, int, int] | None:
+    """``CallPlan.inject_span`` for injected ``chunks`` (chunk j = rows ``offset + j*b ...``): None unless they
+    are consecutive and every cached feature holds ``b`` batch items."""
+    if not chunks or chunks != list(range(chunks[0], chunks[0] + len(chunks))):
+        return None
+    if any(t.shape[0] != b for t in cached):
+        return None
+    return offset + chunks[0] * b, len(chunks), b
 
 
 def make_apply_model_wrapper(state: PatchState):
@@ -401,7 +448,7 @@ def make_apply_model_wrapper(state: PatchState):
                     "DiffStyler's content injection cannot run together with ControlNet or inpainting-model inputs "
                     "in the same UNet call: set feature_injection_end and qk_injection_end to 0 to use them"
                 )
-            x_src = run.content_latent_at(sigma).to(device=x.device, dtype=x.dtype)
+            x_src = run.content_latent_at(step).to(device=x.device, dtype=x.dtype)
             if x_src.shape[0] != b:
                 raise ValueError(
                     f"inversion: the content latent batch ({x_src.shape[0]}) differs from the sampled one ({b})"
@@ -420,8 +467,14 @@ def make_apply_model_wrapper(state: PatchState):
         ]
         inj_rows = [offset + j * b + i for j in inject_chunks for i in range(b)] if (need_content or from_cache) else []
         inj_src = [i for _j in inject_chunks for i in range(b)] if (need_content or from_cache) else []
+        _index = run.index
         batch_index = _index(inj_src, device) if from_cache else None
-        timestep = float(run.model_sampling.timestep(sigma.reshape(1)).reshape(-1)[0])
+        span = None
+        if inj_rows:
+            cached = []
+            if from_cache:
+                cached = ([res_cached] if res_on else []) + ([next(iter(qk_cached.values()))[0]] if qk_on else [])
+            span = inject_span(inject_chunks, offset, b, cached)
         ranges = {s: (r[0], r[-1] + 1) for s, r in lora_rows.items() if r and r == list(range(r[0], r[-1] + 1))}
         block = None
         if len(ranges) == len(lora_rows) and len(ranges) > 1:
@@ -431,28 +484,37 @@ def make_apply_model_wrapper(state: PatchState):
                 ranges[order[i]][0] == ranges[order[0]][0] + i * per for i in range(len(order))
             ):
                 block = (ranges[order[0]][0], per, tuple(order))
+        layout = None
+        if len(ranges) == len(lora_rows) and not fused_chunks:
+            spans = tuple(sorted(((s_, a_, e_) for s_, (a_, e_) in ranges.items()), key=lambda t_: t_[1]))
+            layout = (run.lora_in_injected_attention, spans, block)
         plan = CallPlan(
             lora_ranges=ranges,
             lora_block=block,
+            lora_layout=layout,
             lora_rows={s: _index(r, device) for s, r in lora_rows.items()},
             res_rows=_index(inj_rows, device) if ((need_content or from_cache) and res_on) else None,
             res_src=_index(inj_src, device) if (need_content and res_on) else None,
             qk_rows=_index(inj_rows, device) if ((need_content or from_cache) and qk_on) else None,
             qk_src=_index(inj_src, device) if (need_content and qk_on) else None,
-            qk_ratio=qk_blend_ratio(timestep, run.qk_blend),
+            qk_ratio=qk_blend_ratio(run.timestep_at(step), run.qk_blend) if qk_on else 1.0,
             lora_in_injected_attention=run.lora_in_injected_attention,
-            res_cached=res_cached.to(device).index_select(0, batch_index) if (from_cache and res_on) else None,
+            res_cached=res_cached.to(device) if (from_cache and res_on) else None,
             qk_cached=qk_cached if (from_cache and qk_on) else None,
             cached_batch_index=batch_index,
+            inject_span=span,
         )
         if fused_chunks:
+            fused_items = [i for _j in fused_chunks for i in range(b)]
             plan.fused_rows = _index([offset + j * b + i for j in fused_chunks for i in range(b)], device)
-            plan.fused_batch_index = _index([i for _j in fused_chunks for i in range(b)], device)
+            plan.fused_batch_index = _index(fused_items, device)
             plan.fused_uncond = [roles[j][1] for j in fused_chunks for _i in range(b)]
             plan.fused_role_index = _index([int(u) for u in plan.fused_uncond], device)
             plan.fused_weights = run.fused_weights
             plan.fused_contexts = run.fused_contexts
             plan.fused_latent_hw = run.latent_hw
+            layout = (tuple(fused_items), tuple(plan.fused_uncond))
+            plan.fused_token_cache = run.fused_token_caches.setdefault(layout, {})
         state.call = plan
         try:
             out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

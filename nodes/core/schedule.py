@@ -28,11 +28,11 @@ def find_sigma_index(sigmas: torch.Tensor, sigma: float | torch.Tensor, rtol: fl
     The lookup is by value, so it is independent of how a sampler counts its steps.
     """
     s = float(sigma)
-    values = sigmas.detach().to("cpu", torch.float64)
-    diffs = (values - s).abs()
-    i = int(torch.argmin(diffs))
+    values = sigmas.tolist()  # in Python: no tensor ops (nor kernels) per sampling step
+    diffs = [abs(v - s) for v in values]
+    i = min(range(len(diffs)), key=diffs.__getitem__)
     tol = rtol * max(abs(s), 1e-6) + 1e-8
-    return i if float(diffs[i]) <= tol else -1
+    return i if diffs[i] <= tol else -1
 
 
 def window_steps(end_fraction: float, steps: int) -> int:
@@ -71,3 +71,11 @@ def blend_qk(content: torch.Tensor, style: torch.Tensor, ratio: float) -> torch.
     if ratio <= 0.0:
         return style
     return content.to(style.dtype) * ratio + style * (1.0 - ratio)
+
+
+def blend_qk_(style: torch.Tensor, content: torch.Tensor, ratio: float) -> None:
+    """``blend_qk`` written into ``style`` in place (one kernel); ``content`` broadcasts to ``style``."""
+    if ratio >= 1.0:
+        style.copy_(content)
+    elif ratio > 0.0:
+        style.lerp_(content.to(style.dtype), ratio)

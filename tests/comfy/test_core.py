@@ -699,3 +699,122 @@ def test_sampler_styles_default_to_the_injectors(tiny, mods, inverted, prompts):
     ).args[0]["samples"]
     assert torch.equal(connected, default)
     assert not torch.equal(default, inverted.content_latent)
+
+
+# ------------------------------------------------------------------ per-layer fast paths and kernel counts
+
+
+def thirds(k: int) -> list[torch.Tensor]:
+    """k vertical stripes covering the left 3/4 of a 64x64 image."""
+    masks = []
+    for i in range(k):
+        m = torch.zeros(1, 64, 64)
+        m[:, :, i * 48 // k : (i + 1) * 48 // k] = 1
+        masks.append(m)
+    return masks
+
+
+def k_styles(mods, tiny, prompts, k: int, seed: int = 70):
+    return make_styles(
+        mods,
+        [(dst_core.random_lora(tiny.model, seed=seed + i), 1.0, prompts["style"], m) for i, m in enumerate(thirds(k))],
+    )
+
+
+@pytest.mark.parametrize("k,cache", [(1, False), (3, False), (3, True)])
+def test_fast_paths_equal_the_general_paths(tiny, mods, content, prompts, monkeypatch, k, cache):
+    """The per-layer fast paths (each style's LoRA as matmuls into views of the layer's output, k styles in one
+    batched pair; Q/K and ResBlock injection in place on the injected rows) give what the general paths (gathers
+    and scatters by row index) give, with and without the content-feature cache."""
+    inv = mods.inv.invert(tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True, cache_dtype="fp32")
+    if not cache:
+        inv = mods.inv.invert(tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True)
+    styles = k_styles(mods, tiny, prompts, k)
+    patched = inject(mods, tiny.model, styles, 0.6, 0.5)
+    taken = {"plan": 0, "span": 0}
+    plan, span = mods.patches.RowLoRAMixin._ds_plan, mods.patches.inject_span
+
+    def spy_plan(self, layout, x):
+        out = plan(self, layout, x)
+        taken["plan"] += bool(out)
+        return out
+
+    def spy_span(*a):
+        out = span(*a)
+        taken["span"] += out is not None
+        return out
+
+    monkeypatch.setattr(mods.patches.RowLoRAMixin, "_ds_plan", spy_plan)
+    monkeypatch.setattr(mods.patches, "inject_span", spy_span)
+    fast = run(mods, patched, inv, prompts, styles)
+    assert taken["plan"] > 0 and taken["span"] == 6, taken  # 6 of 10 steps inside the injection windows
+    monkeypatch.setattr(mods.patches.RowLoRAMixin, "_ds_plan", lambda self, layout, x: None)
+    monkeypatch.setattr(mods.patches, "inject_span", lambda *a: None)
+    general = run(mods, patched, inv, prompts, styles)
+    diff = float((fast - general).abs().max())
+    print(f"\nfast vs general per-layer paths, k={k}, cache={cache}: max |diff| {diff:.2e}")
+    assert diff <= 1e-5
+    assert not torch.equal(fast, inv.content_latent)
+
+
+def kernel_count():
+    """bench/common.py's KernelCount (loaded by path: the bench folder is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "common.py"
+    spec = importlib.util.spec_from_file_location("diffstyler_bench_common", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.KernelCount()
+
+
+def counting_unet(model, counter):
+    """A clone of ``model`` whose UNet calls (the diffusion model itself) run under ``counter``."""
+    import comfy.patcher_extension
+
+    def count(executor, *args, **kwargs):
+        with counter:
+            return executor(*args, **kwargs)
+
+    clone = model.clone()
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "kernel-count", count)
+    return clone
+
+
+def test_kernels_per_unet_call_do_not_grow_with_k(tiny, mods, content, prompts):
+    """Inside the UNet, DiffStyler may add at most two kernels per LoRA layer (one style's low-rank pair, or all k
+    styles' as one batched pair), two per Q/K-injected attention layer and one for the ResBlock, whatever k is:
+    the per-kernel cost is what bounds a fast GPU at small sizes. (ComfyUI's own per-cond bookkeeping around the
+    call and the masked fusion grow with k; the whole-step counts are printed.)"""
+    inv = mods.inv.invert(tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True)
+    xt = x_t(mods, tiny, inv)
+    plain_unet, plain_all = kernel_count(), kernel_count()
+    plain = counting_unet(tiny.model, plain_unet)
+    dst_core.plain_ddim(plain, xt, STEPS, prompts["base"], prompts["neg"], 7.5)  # warm-up
+    plain_unet.n = 0
+    with plain_all:
+        dst_core.plain_ddim(plain, xt, STEPS, prompts["base"], prompts["neg"], 7.5)
+    assert plain_unet.n > 0
+    extra = {}
+    for k in (1, 3):
+        styles = k_styles(mods, tiny, prompts, k)
+        unet, whole = kernel_count(), kernel_count()
+        patched = counting_unet(inject(mods, tiny.model, styles, 1.0, 1.0), unet)  # injection at every step
+        run(mods, patched, inv, prompts, styles)
+        unet.n = 0
+        with whole:
+            run(mods, patched, inv, prompts, styles)
+        state = mods.patches.state_of(patched)
+        lora_layers = sum(isinstance(m, mods.patches.RowLoRAMixin) for m in patched.model.modules())
+        qk_layers = sum(1 for kind, _slot in state.replace_slots if kind == "attn1")
+        extra[k] = (unet.n - plain_unet.n) / STEPS
+        bound = 2 * lora_layers + 2 * qk_layers + 1
+        print(
+            f"\nkernels per step, tiny UNet: plain {plain_unet.n / STEPS:.0f} in the UNet ({plain_all.n / STEPS:.0f} "
+            f"in all), DiffStyler k={k}: +{extra[k]:.0f} in the UNet (bound {bound}: {lora_layers} LoRA layers, "
+            f"{qk_layers} Q/K layers), +{(whole.n - plain_all.n) / STEPS:.0f} in all"
+        )
+        assert lora_layers > 0 and qk_layers > 0
+        assert extra[k] <= bound
+    assert extra[3] <= extra[1], "more styles must not add kernels inside the UNet"
