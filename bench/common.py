@@ -243,15 +243,18 @@ class KernelCount:
 
         aten = torch.ops.aten
         NO_KERNEL = {aten._unsafe_view, aten.empty, aten.empty_like, aten.empty_strided, aten.detach}  # noqa: N806
+        SYNC = {aten._local_scalar_dense, aten.nonzero, aten.equal, aten.is_nonzero}  # noqa: N806
         counter = self
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 if not (func.is_view or func.overloadpacket in NO_KERNEL):
                     counter.n += 1
+                    counter.syncs += func.overloadpacket in SYNC
                 return func(*args, **(kwargs or {}))
 
         self.n = 0
+        self.syncs = 0  # of which: values read back by the host (a device sync on a GPU)
         self._mode_cls = Mode
         self._modes = []
 

@@ -52,11 +52,12 @@ def timed(fn, device, repeats: int, warmup: int | None = None):
     return statistics.median(times), out
 
 
-def kernels_per_step(fn, steps: int) -> float:
-    """ATen operations that launch work, per sampling step, in one more (untimed) run of ``fn``."""
+def kernels_per_step(fn, steps: int) -> tuple[float, float]:
+    """ATen operations that launch work, and host reads of device values among them, per sampling step, in one
+    more (untimed) run of ``fn``."""
     with common.KernelCount() as kc:
         fn()
-    return kc.n / steps
+    return kc.n / steps, kc.syncs / steps
 
 
 def counting(patcher):
@@ -258,6 +259,7 @@ def main():
         "peak_rss_mb": {},
         "peak_mb_measure": "CUDA allocator peak" if dev.type == "cuda" else "process peak RSS",
         "kernels_per_step": {},
+        "syncs_per_step": {},
     }
 
     t_inv, inv = timed(lambda: inversion.invert(model, latent, args.steps, empty, disable_pbar=True), dev, args.repeats)
@@ -300,7 +302,7 @@ def main():
     res["peak_rss_mb"]["plain"] = pm.rss / 2**20
     res["rows_per_step"]["plain"] = plain_rows["rows"] / (runs_per_case * n)
     if args.kernels:
-        res["kernels_per_step"]["plain"] = kernels_per_step(plain, n)
+        res["kernels_per_step"]["plain"], res["syncs_per_step"]["plain"] = kernels_per_step(plain, n)
     for k in ks:
         masks = common.stripes(k, args.size)
         styles = None
@@ -330,7 +332,8 @@ def main():
             res["peak_rss_mb"][f"{tag}_k{k}"] = pm.rss / 2**20
             res["rows_per_step"][f"{tag}_k{k}"] = rows["rows"] / (runs_per_case * n)
             if args.kernels:
-                res["kernels_per_step"][f"{tag}_k{k}"] = kernels_per_step(ours, n)
+                kern, syncs = kernels_per_step(ours, n)
+                res["kernels_per_step"][f"{tag}_k{k}"], res["syncs_per_step"][f"{tag}_k{k}"] = kern, syncs
         del patched, fused
         if not args.no_reference:
             copies = reference_copies(model, loras[:k])
@@ -347,7 +350,8 @@ def main():
             res["peak_rss_mb"][f"reference_k{k}"] = pm.rss / 2**20
             res["rows_per_step"][f"reference_k{k}"] = ref_rows["rows"] / (runs_per_case * n)
             if args.kernels:
-                res["kernels_per_step"][f"reference_k{k}"] = kernels_per_step(reference, n)
+                kern, syncs = kernels_per_step(reference, n)
+                res["kernels_per_step"][f"reference_k{k}"], res["syncs_per_step"][f"reference_k{k}"] = kern, syncs
             del copies
             mm.soft_empty_cache()
     first, second = rerun_cost(pack, model, latent, empty, args.steps)
@@ -364,14 +368,14 @@ def main():
     kern = res["kernels_per_step"]
     print(
         f"{'run':<22}{'seconds':>10}{'x plain':>10}{'rows/step':>11}{'peak MB':>10}"
-        + (f"{'kernels/step':>14}{'x plain':>9}" if kern else "")
+        + (f"{'kernels/step':>14}{'x plain':>9}{'syncs/step':>12}" if kern else "")
     )
 
     def row(name, t, tag):
         rows = res["rows_per_step"][tag]
         line = f"{name:<22}{t:>10.3f}{t / res['plain_s']:>10.2f}{rows:>11.1f}{res['peak_mb'][tag]:>10.0f}"
         if tag in kern:
-            line += f"{kern[tag]:>14.0f}{kern[tag] / kern['plain']:>9.2f}"
+            line += f"{kern[tag]:>14.0f}{kern[tag] / kern['plain']:>9.2f}{res['syncs_per_step'][tag]:>12.1f}"
         print(line)
 
     row("plain DDIM", res["plain_s"], "plain")

@@ -264,16 +264,17 @@ def sample_diffstyler_ddim(model, x, sigmas, extra_args=None, callback=None, dis
     if hooks is not None:
         x = hooks.diffstyler_initial_latent(x)
     s_in = x.new_ones([x.shape[0]])
+    values = sigmas.tolist()  # the step arithmetic and the background lookup in Python: no device sync per step
     for i in trange(len(sigmas) - 1, disable=disable):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma * s_in, **extra_args)
+        sigma, sigma_next = values[i], values[i + 1]
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
         eps = (x - denoised) / sigma
         x = ddim_step(x, eps, sigma, sigma_next)
         if hooks is not None:
             x = hooks.diffstyler_post_step(x, sigma_next)
         if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
     return x
 
 

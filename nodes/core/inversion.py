@@ -45,7 +45,7 @@ class InversionFingerprint:
 
 def digest_sigmas(sigmas: torch.Tensor) -> str:
     """A short, stable text digest of a sigma schedule (rounded to 6 significant digits)."""
-    return ",".join(f"{float(s):.6g}" for s in sigmas.detach().cpu().flatten())
+    return ",".join(f"{s:.6g}" for s in sigmas.detach().cpu().flatten().tolist())
 
 
 @dataclass

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_prints_the_table_and_the_json_contract(tmp_path):
     env = dict(os.environ, COMFYUI_PATH=str(conftest.require_comfyui()))
     cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--cpu", "--channels", "32", "--size", "64"]
-    cmd += ["--steps", "4", "--repeats", "1", "--warmup", "0", "--ks", "1,3", "--attention", "pytorch", "--json"]
+    cmd += ["--steps", "4", "--repeats", "1", "--warmup", "0", "--ks", "1,3", "--attention", "pytorch", "--kernels"]
+    cmd += ["--json"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = proc.stdout.strip().splitlines()
@@ -41,8 +42,15 @@ def test_bench_prints_the_table_and_the_json_contract(tmp_path):
     assert 2 < rows["diffstyler_k1"] < 3 and 6 < rows["diffstyler_k3"] < 7  # the content row only inside windows
     assert all(v > 0 for v in res["peak_rss_mb"].values())
     assert res["rerun_inversion_s"] < res["inversion_s"], "a re-run with unchanged content must not re-invert"
+    kern, syncs = res["kernels_per_step"], res["syncs_per_step"]
+    assert set(kern) == set(syncs) == set(rows), "--kernels counts every case"
+    # one batched UNet call per step: k=3 launches far fewer kernels than the reference's four UNet copies,
+    # and only a few more than k=1 (the per-cond bookkeeping and the fusion, not per-layer work)
+    assert kern["plain"] < kern["diffstyler_k1"] < kern["reference_k1"]
+    assert kern["diffstyler_k3"] < 1.1 * kern["diffstyler_k1"] and kern["diffstyler_k3"] < kern["reference_k3"] / 2
+    assert all(0 <= v < kern[case] for case, v in syncs.items()), syncs
     table = "\n".join(lines)
-    for label in ("plain DDIM", "diffstyler k=3", "reference k=3", "+ cache + feat.fusion", "speed-up over"):
+    for label in ("plain DDIM", "diffstyler k=3", "reference k=3", "+ cache + feat.fusion", "speed-up over", "kernels"):
         assert label in table, label
     assert list(tmp_path.iterdir()) == [], "the bench writes nothing"
 
