@@ -352,7 +352,7 @@ def main():
             if args.kernels:
                 kern, syncs = kernels_per_step(reference, n)
                 res["kernels_per_step"][f"reference_k{k}"], res["syncs_per_step"][f"reference_k{k}"] = kern, syncs
-            del copies
+            del copies, reference  # the closure holds the copies too
             mm.soft_empty_cache()
     first, second = rerun_cost(pack, model, latent, empty, args.steps)
     res["first_graph_run_s"], res["rerun_inversion_s"] = first, second
