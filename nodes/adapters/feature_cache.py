@@ -71,10 +71,8 @@ def recording_clone(model, cache: FeatureCache, steps: int, store_device):
     clone = model.clone()
     res = clone.get_model_object(block_map.resblock)
     clone.add_object_patch(block_map.resblock, patches.swapped_copy(res, RecordResBlockMixin, _ds_recorder=rec))
-    replaces = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
-    for i in block_map.qk_blocks:
-        previous = replaces.get(("output", i))
-        clone.set_model_attn1_replace(make_qk_recorder(rec, previous), "output", i)
+    for i in block_map.qk_blocks:  # every slot ComfyUI may look up, chained to the replace it had
+        patches.replace_block(clone, "attn1", "output", i, lambda previous: make_qk_recorder(rec, previous))
     return clone, rec
 
 

@@ -147,6 +147,36 @@ def test_another_packs_attn1_replace_stays_active(tiny, pack, caplog):
     assert rt.attachment_run(patched) == (None, None)
 
 
+def test_feature_cache_under_another_packs_per_layer_replace(tiny, pack):
+    """A replace another pack set for one transformer index (``("output", 5, 0)``, which ComfyUI looks up before
+    the block's) must not hide that layer from the content-feature cache: inversion records through it, the
+    sampler injects through it, and the cached result equals the content-row one."""
+    import comfy.ldm.modules.attention as attention
+    from comfyui_diffstyler.nodes import inject, sample
+    from comfyui_diffstyler.nodes.adapters import inversion
+
+    inv, cond, neg, styles = one_style_inputs(tiny, torch.ones(1, 64, 64), lora_seed=82)
+    seen = []
+
+    def other_pack(q, k, v, extra_options):
+        seen.append(extra_options["block"])
+        return attention.optimized_attention(q, k, v, extra_options["n_heads"])
+
+    base = tiny.model.clone()
+    base.set_model_attn1_replace(other_pack, "output", 5, 0)
+    empty = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(""))
+    cached = inversion.invert(base, inv.content_latent, STEPS, empty, disable_pbar=True, cache_dtype="fp32")
+    assert len(seen) == STEPS, "the other pack's replace runs during the inversion too"
+    assert all((5, 0) in cached.feature_cache.qk[j] for j in cached.feature_cache.qk), "layer (5, 0) recorded"
+    patched = inject.DiffStylerCrossLoRAInjector.execute(base, styles, 0.6, 0.5, "adaptive", True).args[0]
+    seen.clear()
+    a = sample.DiffStylerMaskedFusionSampler.execute(patched, cached, cond, neg, 6.0, "exact", styles).args[0]
+    assert len(seen) == STEPS
+    plain = inversion.invert(base, inv.content_latent, STEPS, empty, disable_pbar=True)
+    b = sample.DiffStylerMaskedFusionSampler.execute(patched, plain, cond, neg, 6.0, "exact", styles).args[0]
+    assert float((a["samples"] - b["samples"]).abs().max()) <= 1e-4
+
+
 def test_a_replace_set_after_the_injector_is_reported(tiny, pack, caplog):
     """ComfyUI keeps one attention replace per block: one set after the Injector turns DiffStyler's Q/K
     injection off there. The sampler says so (block and replace named) instead of silently losing it."""
