@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from ..core.lora import LayerDelta, conv2d_delta, linear_delta
-from ..core.schedule import blend_qk, blend_qk_, find_sigma_index, in_window, qk_blend_ratio
+from ..core.schedule import blend_qk_, find_sigma_index, in_window, qk_blend_ratio
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ class CallPlan:
 
     lora_rows: dict[int, torch.Tensor]  # style index -> row indices that get that style's LoRA
     lora_ranges: dict = field(default_factory=dict)  # style -> (start, stop) when its rows are contiguous
-    lora_block: tuple | None = None  # (start, rows per style, styles) when styles own equal adjacent blocks
     # hashable summary of the LoRA rows when every style's rows are contiguous and no row is fused:
-    # (lora_in_injected_attention, ((style, start, stop), ...), lora_block); layers build their plan for it once
+    # (lora_in_injected_attention, ((style, start, stop), ...), block); block = (start, rows per style, styles)
+    # when the styles own equal adjacent blocks, else None; layers build their plan for it once
     lora_layout: tuple | None = None
     res_rows: torch.Tensor | None = None  # rows whose ResBlock residual is replaced ...
     res_src: torch.Tensor | None = None  # ... by these (content) rows
@@ -362,14 +362,15 @@ def make_qk_replace(state: PatchState, previous=None):
                 start, m, b = span
                 for t, src in ((q, q_src), (k, k_src)):
                     blend_qk_(t[start : start + m * b].view(m, b, *t.shape[1:]), t[:b] if src is None else src, r)
-            else:
-                if q_src is not None:
-                    idx = call.cached_batch_index.to(q.device)
-                    q_src, k_src = q_src.index_select(0, idx), k_src.index_select(0, idx)
-                else:
-                    q_src, k_src = q.index_select(0, call.qk_src), k.index_select(0, call.qk_src)
-                q = q.index_copy(0, call.qk_rows, blend_qk(q_src, q.index_select(0, call.qk_rows), r))
-                k = k.index_copy(0, call.qk_rows, blend_qk(k_src, k.index_select(0, call.qk_rows), r))
+            else:  # gather the injected rows, blend them, scatter them back
+                out = []
+                for t, src in ((q, q_src), (k, k_src)):
+                    if src is not None:
+                        src = src.index_select(0, call.cached_batch_index.to(t.device))
+                    rows = t.index_select(0, call.qk_rows)
+                    blend_qk_(rows, t.index_select(0, call.qk_src) if src is None else src, r)
+                    out.append(t.index_copy(0, call.qk_rows, rows))
+                q, k = out
         return attend(q, k, v, extra_options, previous)
 
     diffstyler_qk_replace.diffstyler_previous = previous
@@ -490,7 +491,6 @@ def make_apply_model_wrapper(state: PatchState):
             layout = (run.lora_in_injected_attention, spans, block)
         plan = CallPlan(
             lora_ranges=ranges,
-            lora_block=block,
             lora_layout=layout,
             lora_rows={s: _index(r, device) for s, r in lora_rows.items()},
             res_rows=_index(inj_rows, device) if ((need_content or from_cache) and res_on) else None,
@@ -541,17 +541,6 @@ def _prepend_conditioning(content: dict, b: int, c_crossattn, kwargs: dict):
 # ---------------------------------------------------------------- installation
 
 
-def attn1_module_paths(block_map: BlockMap, model) -> set[str]:
-    """Module paths of the attn1 projections inside the injected decoder blocks."""
-    out = set()
-    for name, _m in model.model.named_modules():
-        for i in block_map.qk_blocks:
-            prefix = f"diffusion_model.output_blocks.{i}."
-            if name.startswith(prefix) and ".attn1." in name:
-                out.add(name)
-    return out
-
-
 def attention_modules(model, attr: str) -> dict:
     """``(block name, block id, transformer index)`` -> the ``attr`` ("attn1"/"attn2") module of that transformer
     block: the slots ComfyUI looks attention replaces up by (the middle block is id 0)."""
@@ -584,7 +573,12 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
     patched = model.clone()
     state = PatchState(block_map, len(styles_deltas), style_ids, settings)
     modules = dict(patched.model.named_modules())
-    injected_attn = attn1_module_paths(block_map, patched)
+    injected_ids = {
+        id(m)
+        for (name, bid, _t), m in attention_modules(patched, "attn1").items()
+        if name == "output" and bid in block_map.qk_blocks
+    }
+    injected_attn = [path for path, m in modules.items() if id(m) in injected_ids]
 
     per_module: dict[str, dict[int, LayerDelta]] = {}
     for s, deltas in enumerate(styles_deltas):
@@ -604,7 +598,7 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
                 RowLoRAMixin,
                 _ds_state=state,
                 _ds_deltas=deltas,
-                _ds_in_injected_attention=path.rsplit(".", 1)[0] in injected_attn or path in injected_attn,
+                _ds_in_injected_attention=any(path.startswith(a + ".") for a in injected_attn),
                 _ds_context_proj=path.endswith((".attn2.to_k", ".attn2.to_v")),
             ),
         )

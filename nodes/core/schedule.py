@@ -64,17 +64,8 @@ def qk_blend_ratio(timestep: float, mode: str) -> float:
     raise ValueError(f"qk_blend must be 'adaptive' or 'replace', got {mode!r}")
 
 
-def blend_qk(content: torch.Tensor, style: torch.Tensor, ratio: float) -> torch.Tensor:
-    """``ratio * content + (1 - ratio) * style`` for query or key tensors of equal shape."""
-    if ratio >= 1.0:
-        return content.to(style.dtype)
-    if ratio <= 0.0:
-        return style
-    return content.to(style.dtype) * ratio + style * (1.0 - ratio)
-
-
 def blend_qk_(style: torch.Tensor, content: torch.Tensor, ratio: float) -> None:
-    """``blend_qk`` written into ``style`` in place (one kernel); ``content`` broadcasts to ``style``."""
+    """``style = ratio * content + (1 - ratio) * style`` in place (one kernel; ``content`` broadcasts to ``style``)."""
     if ratio >= 1.0:
         style.copy_(content)
     elif ratio > 0.0:

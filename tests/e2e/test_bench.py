@@ -48,7 +48,6 @@ def test_bench_prints_the_table_and_the_json_contract(tmp_path):
     # and only a few more than k=1 (the per-cond bookkeeping and the fusion, not per-layer work)
     assert kern["plain"] < kern["diffstyler_k1"] < kern["reference_k1"]
     assert kern["diffstyler_k3"] < 1.1 * kern["diffstyler_k1"] and kern["diffstyler_k3"] < kern["reference_k3"] / 2
-    assert all(0 <= v < kern[case] for case, v in syncs.items()), syncs
     table = "\n".join(lines)
     for label in ("plain DDIM", "diffstyler k=3", "reference k=3", "+ cache + feat.fusion", "speed-up over", "kernels"):
         assert label in table, label
