@@ -818,3 +818,20 @@ def test_kernels_per_unet_call_do_not_grow_with_k(tiny, mods, content, prompts):
         assert lora_layers > 0 and qk_layers > 0
         assert extra[k] <= bound
     assert extra[3] <= extra[1], "more styles must not add kernels inside the UNet"
+
+
+def test_lora_in_injected_attention_switch(tiny, mods, inverted, prompts):
+    """``lora_in_injected_attention=False`` (the reference scripts' behaviour) turns the LoRA off in exactly the
+    self-attention projections of the Q/K-injected decoder blocks, and changes the result."""
+    styles = k_styles(mods, tiny, prompts, 1)
+    on, off = (inject(mods, tiny.model, styles, 0.6, 0.5, lora_in_attn=flag) for flag in (True, False))
+    marked = {p for p, m in off.object_patches.items() if getattr(m, "_ds_in_injected_attention", False)}
+    expected = {
+        p
+        for p, m in off.object_patches.items()
+        if isinstance(m, mods.patches.RowLoRAMixin)
+        and ".attn1." in p
+        and any(p.startswith(f"diffusion_model.output_blocks.{i}.") for i in range(4, 12))
+    }
+    assert marked == expected and len(expected) == 8 * 4
+    assert not torch.equal(run(mods, on, inverted, prompts, styles), run(mods, off, inverted, prompts, styles))
