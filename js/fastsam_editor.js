@@ -320,7 +320,9 @@ class FastSAMEditor {
   /** Takes the refs of a run from the node's UI output. */
   onExecuted(output) {
     const source = output?.diffstyler_source?.[0];
-    const preview = output?.images?.[0];
+    // the node's own key (not "images", which the frontend would also draw below the editor); "images" is
+    // still read for outputs a workflow restores from before the key changed
+    const preview = (output?.diffstyler_preview ?? output?.images)?.[0];
     if (!isImageRef(source) && !isImageRef(preview)) return;
     this.lastRun = {
       sourceUrl: isImageRef(source) ? api.apiURL(viewRoute(source)) : null,

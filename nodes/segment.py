@@ -213,8 +213,10 @@ class DiffStylerFastSAMMask(io.ComfyNode):
         clip = fastsam_adapter.load_clip(clip_folder) if mode == "text" else None
         mask = fastsam_adapter.segment(fastsam, rgb, request, clip=clip)
         preview = prompts.draw_preview(rgb, mask, request.points, request.boxes)
+        # Not under "images": the frontend would draw it as the node's image preview below the editor canvas,
+        # which already shows it (the editor reads both keys in onExecuted; the preview output carries it on).
         refs = {
-            "images": ui.PreviewImage(preview, cls=cls).values,
+            "diffstyler_preview": ui.PreviewImage(preview, cls=cls).values,
             "diffstyler_source": ui.PreviewImage(rgb, cls=cls).values,
         }
         return io.NodeOutput(mask, preview, ui=refs)

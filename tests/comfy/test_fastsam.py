@@ -201,14 +201,14 @@ def test_shapes_dtypes_ranges_and_ui(seg, dense, comfy_home, batch, height, widt
     for t in (mask, preview):
         assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
     assert all(float(m.sum()) > 0 for m in mask)  # the dense model finds objects in every picture
-    assert set(ui) == {"images", "diffstyler_source"}
-    assert len(ui["images"]) == batch and len(ui["diffstyler_source"]) == batch
+    assert set(ui) == {"diffstyler_preview", "diffstyler_source"}, "no 'images': the editor canvas shows it"
+    assert len(ui["diffstyler_preview"]) == batch and len(ui["diffstyler_source"]) == batch
     for i, ref in enumerate(ui["diffstyler_source"]):
         assert ref["type"] == "temp"
         saved = np.asarray(Image.open(comfy_home.temp / ref["subfolder"] / ref["filename"]))
         assert saved.shape == (height, width, 3)
         assert np.abs(saved.astype(int) - (image[i].numpy() * 255).round().astype(int)).max() <= 1  # the plain input
-    for i, ref in enumerate(ui["images"]):
+    for i, ref in enumerate(ui["diffstyler_preview"]):
         saved = np.asarray(Image.open(comfy_home.temp / ref["subfolder"] / ref["filename"]))
         assert np.abs(saved.astype(int) - (preview[i].numpy() * 255).astype(int)).max() <= 1
 
@@ -411,7 +411,8 @@ def test_graph_load_image_to_mask_preview(run_graph, comfy_home, models):
     run = run_graph(prompt)
     mask = run.outputs("3")[0][0]
     assert mask.shape == (1, 64, 96) and bool(mask[0, 30, 40])
-    assert len(run.ui["3"]["images"]) == 1 and len(run.ui["3"]["diffstyler_source"]) == 1
+    assert len(run.ui["3"]["diffstyler_preview"]) == 1 and len(run.ui["3"]["diffstyler_source"]) == 1
+    assert "images" not in run.ui["3"]
     assert len(run.ui["5"]["images"]) == 1 and len(run.ui["6"]["images"]) == 1
     assert (comfy_home.temp / run.ui["5"]["images"][0]["filename"]).is_file()
 

@@ -191,6 +191,8 @@ def test_queued_run_shows_mask_and_output(browser_run):
     ], "the queued prompt carries the clicked points"
     after = run["after"]
     assert after["lastRun"]["sourceUrl"] and after["lastRun"]["previewUrl"]
+    assert after["nodeImages"] == 0, "the run is shown once, in the editor, not again as the node's image preview"
+    assert "diffstyler_preview" in after["nodeOutputKeys"], after["nodeOutputKeys"]
     assert after["sources"]["overlayState"] == "loaded" and after["sources"]["baseState"] == "loaded"
     assert after["rect"]["imageWidth"] == CONTENT[1] and after["rect"]["imageHeight"] == CONTENT[0]
     assert run["canvasSpread"] > 5, "the editor canvas shows a picture"

@@ -303,7 +303,7 @@ describe("with a connected LoadImage", () => {
 
 describe("after a run", () => {
   const output = {
-    images: [{ filename: "mask_00001_.png", subfolder: "", type: "temp" }],
+    diffstyler_preview: [{ filename: "mask_00001_.png", subfolder: "", type: "temp" }],
     diffstyler_source: [{ filename: "src_00001_.png", subfolder: "fastsam", type: "temp" }],
   };
 
@@ -318,6 +318,12 @@ describe("after a run", () => {
     finishLoads({ src_: [800, 600], mask_: [800, 600] });
     const last = editor.canvas.ctx.calls.filter((c) => c.name === "drawImage").slice(-2);
     assert.deepEqual(last.map((c) => c.args[0].url), [editor.sources().base, editor.sources().overlay]);
+  });
+
+  test("reads the preview of outputs saved before it had its own key", () => {
+    const node = createNodeWithImage();
+    node.onExecuted({ images: output.diffstyler_preview, diffstyler_source: output.diffstyler_source });
+    assert.equal(node.diffstylerEditor.sources().overlay, "/api/view?filename=mask_00001_.png&subfolder=&type=temp");
   });
 
   test("works without a LoadImage, and a changed LoadImage replaces the stale run", () => {

@@ -143,6 +143,9 @@ function editorState(page, nodeId) {
       sources: ed?.sources(),
       rect: ed?.imageRect(),
       lastRun: ed?.lastRun ?? null,
+      // the frontend's own image preview under the widgets (the editor canvas already shows the run)
+      nodeImages: (node.imgs ?? []).length,
+      nodeOutputKeys: Object.keys(window.app.nodeOutputs?.[String(id)] ?? {}),
     };
   }, nodeId);
 }
