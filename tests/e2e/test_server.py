@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from comfy_server import PACK_DIR_NAME
 
 pytestmark = pytest.mark.server
 
@@ -44,3 +47,14 @@ def test_pack_loads_and_lists_nodes_with_tooltips(comfy_server):
             assert tip, f"{node_id}: {where} has no tooltip"
     ext = comfy_server.get("/extensions")
     assert any("fastsam_editor.js" in e for e in ext), ext
+
+
+def test_templates_browser_lists_the_shipped_workflows(comfy_server):
+    """ComfyUI serves a pack's workflows/ folder to the frontend's Templates browser (app/custom_node_manager.py)."""
+    shipped = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
+    assert shipped
+    templates = comfy_server.get("/workflow_templates")
+    assert sorted(templates.get(PACK_DIR_NAME, [])) == shipped, templates
+    for name in shipped:
+        graph = comfy_server.get(f"/api/workflow_templates/{PACK_DIR_NAME}/{name}.json")  # parsed: served as JSON
+        assert graph["nodes"], name
