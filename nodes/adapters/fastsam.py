@@ -373,10 +373,9 @@ def resolve_clip_folder(name: str) -> str:
         )
     check_name(name, "clip_folder")
     bases = folder_paths.get_folder_paths(CLIP_FOLDER) if CLIP_FOLDER in folder_paths.folder_names_and_paths else []
-    for base in bases:
+    for base in bases:  # a symlink in the folder is followed, as for every model folder (and as listed)
         path = os.path.join(base, name)
-        real_base = os.path.realpath(base)
-        if os.path.isfile(os.path.join(path, "config.json")) and os.path.realpath(path).startswith(real_base + os.sep):
+        if os.path.isfile(os.path.join(path, "config.json")):
             return os.path.abspath(path)
     raise FileNotFoundError(
         f"clip_folder: {name!r} with a config.json not found in the '{CLIP_FOLDER}' model folder ({', '.join(bases)})"

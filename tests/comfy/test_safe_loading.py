@@ -7,8 +7,8 @@
   registered ``models/fastsam`` folder(s), by a relative name. Names with ``..``, absolute paths (and Windows-style
   variants) are refused by every loader before any file is opened (Style LoRA Loader ``lora_name``, FastSAM loader
   ``model_name``, FastSAM Mask ``clip_folder``, Train Style LoRA ``save_name``), and ComfyUI's own validation refuses
-  them in a graph. A symlink *inside* a model folder is followed (as ComfyUI does for every model folder), except
-  for CLIP folders, which must resolve inside ``models/diffstyler_clip``.
+  them in a graph. A symlink *inside* a model folder is followed (as ComfyUI does for every model folder), CLIP
+  folders included.
 * The whole module runs with outgoing connections and DNS lookups refused and recorded; a two-style graph, a
   FastSAM graph and a short training must not attempt any.
 """
@@ -253,8 +253,8 @@ def test_graph_validation_refuses_escaping_names(comfy_home, tiny, run_graph):
 
 
 def test_symlinks_inside_model_folders(comfy_home, fastsam, tmp_path, cleanup):
-    """Documents the current behaviour: FastSAM (like ComfyUI's own folders) follows a symlink placed in its folder;
-    CLIP folders must resolve inside models/diffstyler_clip."""
+    """FastSAM weights and CLIP folders, like ComfyUI's own model folders, follow a symlink placed in their folder
+    (how models on another drive are kept); a linked CLIP folder is listed and the node loads what it lists."""
     from comfyui_diffstyler.nodes.segment import DiffStylerFastSAMLoader
 
     outside = tmp_path / "elsewhere"
@@ -270,12 +270,11 @@ def test_symlinks_inside_model_folders(comfy_home, fastsam, tmp_path, cleanup):
     (outside / "clip" / "config.json").write_text("{}")
     os.symlink(outside / "clip", clip_link, target_is_directory=True)
     cleanup.append(clip_link)
-    with pytest.raises(
-        FileNotFoundError,
-        match=r"clip_folder: 'rel_clip_link' with a config\.json not found in the "
-        r"'diffstyler_clip' model folder",
-    ):
-        fastsam.resolve_clip_folder("rel_clip_link")
+    assert "rel_clip_link" in fastsam.list_clip_folders()
+    resolved = fastsam.resolve_clip_folder("rel_clip_link")
+    assert resolved == str(clip_link) and os.path.realpath(resolved) == str(outside / "clip")
+    with pytest.raises(ValueError, match="leaves the model folder"):
+        fastsam.resolve_clip_folder("rel_clip_link/../../elsewhere/clip")
 
 
 # ---------------------------------------------------------------------------------------------- network
