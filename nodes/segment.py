@@ -23,13 +23,14 @@ CATEGORY = "DiffStyler/segment"
 
 
 def register_model_folders() -> None:
-    """Register ``models/fastsam`` (with its weight extensions) and ``models/diffstyler_clip`` unless already there.
+    """Register ``models/fastsam`` (with its weight extensions) and ``models/diffstyler_clip``.
 
-    The extension set is replaced, never mutated: folders may share ComfyUI's ``supported_pt_extensions``.
+    The default folder is added to what is there: folders that extra_model_paths.yaml gave under the same key
+    (ComfyUI reads it before custom nodes load) come first and the default stays searched. The extension set is
+    replaced, never mutated: folders may share ComfyUI's ``supported_pt_extensions``.
     """
     for name in (fastsam_adapter.FOLDER, fastsam_adapter.CLIP_FOLDER):
-        if name not in folder_paths.folder_names_and_paths:
-            folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))  # no-op if listed
     paths, exts = folder_paths.folder_names_and_paths[fastsam_adapter.FOLDER]
     wanted = set(exts or ()) | set(fastsam_adapter.EXTENSIONS)
     if set(exts or ()) != wanted:

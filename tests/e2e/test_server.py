@@ -58,3 +58,28 @@ def test_templates_browser_lists_the_shipped_workflows(comfy_server):
     for name in shipped:
         graph = comfy_server.get(f"/api/workflow_templates/{PACK_DIR_NAME}/{name}.json")  # parsed: served as JSON
         assert graph["nodes"], name
+
+
+def test_extra_model_paths_add_to_the_default_fastsam_folder(tmp_path):
+    """A ``fastsam:`` folder in extra_model_paths.yaml (read by ComfyUI before custom nodes load) adds to
+    models/fastsam instead of replacing it: the loader lists the weights of both."""
+    import comfy_server as cs
+    from conftest import PACK_ROOT, SUPPORT, require_comfyui
+
+    base = tmp_path / "base"
+    (base / "models" / "fastsam").mkdir(parents=True)
+    (base / "models" / "fastsam" / "in_default.pt").write_bytes(b"not loaded by a listing")
+    extra = tmp_path / "drive" / "sam"
+    extra.mkdir(parents=True)
+    (extra / "in_extra.safetensors").write_bytes(b"not loaded by a listing")
+    config = tmp_path / "extra_model_paths.yaml"
+    config.write_text(f"other_drive:\n    base_path: {tmp_path / 'drive'}\n    fastsam: sam\n")
+    args = ("--extra-model-paths-config", str(config))
+    server = cs.start(require_comfyui(), base, PACK_ROOT, SUPPORT, extra_args=args)
+    try:
+        info = server.get("/object_info/DiffStylerFastSAMLoader")["DiffStylerFastSAMLoader"]
+    finally:
+        server.stop()
+    options = info["input"]["required"]["model_name"]
+    names = options[0] if isinstance(options[0], list) else options[1]["options"]
+    assert {"in_default.pt", "in_extra.safetensors"} <= set(names), names

@@ -64,8 +64,11 @@ class Server:
                 self.proc.kill()
 
 
-def start(comfy_root: Path, base: Path, pack_root: Path, support: Path, timeout: float = 240) -> Server:
-    """Start ``main.py --cpu`` with ``--base-directory base`` holding the pack (and the test pack) as links."""
+def start(
+    comfy_root: Path, base: Path, pack_root: Path, support: Path, timeout: float = 240, extra_args: tuple = ()
+) -> Server:
+    """Start ``main.py --cpu`` with ``--base-directory base`` holding the pack (and the test pack) as links;
+    ``extra_args`` go to main.py as they are."""
     custom = base / "custom_nodes"
     custom.mkdir(parents=True, exist_ok=True)
     for name, target in ((PACK_DIR_NAME, pack_root), ("dst_test_pack", support / "dst_test_pack")):
@@ -92,6 +95,7 @@ def start(comfy_root: Path, base: Path, pack_root: Path, support: Path, timeout:
         str(base),
         "--disable-auto-launch",
         "--dont-print-server",
+        *extra_args,
     ]
     proc = subprocess.Popen(cmd, cwd=str(comfy_root), stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     server = Server(url=f"http://127.0.0.1:{port}", base=base, proc=proc, log=log)
