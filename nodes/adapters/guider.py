@@ -152,6 +152,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
                 (ctx(f"style_{i}"), neg) if i in by_style else None for i in range(len(self.styles))
             ] + [(ctx("positive"), neg)]
             self._run.latent_hw = tuple(x.shape[-2:])
+        self._run.cond_batch_handler = self._cond_batch
         self.state.run = self._run
         dev = x.device
         self._dev_weights = [w.to(dev, x.dtype) for w in self.weights]
@@ -167,13 +168,29 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         if not self._conds_list:  # nothing to stylize: the content itself
             return self._content_x0.expand_as(x).clone()
         out = comfy.samplers.calc_cond_batch(self.inner_model, self._conds_list, x, timestep, model_options)
-        if self._fused:  # one cond/uncond pair shared by every style
-            cond_f = out[0]
-            uncond_f = out[1] if self._uncond else None
-        else:
-            cond_f, uncond_f = self._fuse_branches(out, x)
+        cond_f, uncond_f = self._fused_pair(out, x)
         if uncond_f is None:
             uncond_f = torch.zeros_like(cond_f)
+        positive = self.conds.get("positive")
+        negative = self.conds.get("negative") if self._uncond else None
+        # the rest of ComfyUI's sampling_function on the fused pair: pre-CFG hooks (APG, FreSca, TCFG, ...), then
+        # CFG with its custom function and post-CFG hooks (PAG, SAG, ...; their own model calls: _cond_batch)
+        pre = model_options.get("sampler_pre_cfg_function", [])
+        if pre:
+            outs = [cond_f, uncond_f]
+            for fn in pre:
+                args = {
+                    "conds": [positive, negative],
+                    "conds_out": outs,
+                    "cond_scale": self.cfg,
+                    "timestep": timestep,
+                    "input": x,
+                    "sigma": timestep,
+                    "model": self.inner_model,
+                    "model_options": model_options,
+                }
+                outs = fn(args)
+            cond_f, uncond_f = outs
         return comfy.samplers.cfg_function(
             self.inner_model,
             cond_f,
@@ -182,9 +199,45 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             x,
             timestep,
             model_options=model_options,
-            cond=self.conds.get("positive"),
-            uncond=self.conds.get("negative"),
+            cond=positive,
+            uncond=negative,
         )
+
+    def _fused_pair(self, out, x):
+        """(cond, uncond or None) of a calc_cond_batch output laid out as ``self._conds_list``: fused by mask."""
+        if self._fused:  # one cond/uncond pair shared by every style
+            return out[0], (out[1] if self._uncond else None)
+        return self._fuse_branches(out, x)
+
+    def _cond_batch(self, executor, model, conds, x, timestep, model_options):
+        """Every calc_cond_batch call of the run. The guider's own passes through. Another call comes from a
+        guidance hook (PAG's or SAG's post-CFG function asks the model again, with its own model_options, for
+        the cond or the uncond prediction): it gets what DiffStyler predicts for that entry, every branch
+        evaluated under the hook's options and fused by mask, instead of a batch whose rows the Injector would
+        take for the first style's. An entry that is the run's positive (negative) stands for each branch's own
+        cond (uncond); another conditioning replaces each branch's cond prompt."""
+        if conds is self._conds_list:
+            return executor(model, conds, x, timestep, model_options)
+        positive, negative = self.conds.get("positive"), self.conds.get("negative")
+        roles = self._run.roles
+        results = []
+        for entry in conds:
+            if entry is None:
+                results.append(torch.zeros_like(x))
+                continue
+            uncond = entry is negative and self._uncond
+            layout = []
+            for p, (_branch, is_uncond) in enumerate(roles):
+                if is_uncond != uncond:
+                    layout.append(None)
+                elif entry is positive or uncond:
+                    layout.append(self._conds_list[p])
+                else:
+                    layout.append(entry)
+            out = executor(model, layout, x, timestep, model_options)
+            cond_f, uncond_f = self._fused_pair(out, x)  # the positions left None came back as zeros
+            results.append(uncond_f if uncond else cond_f)
+        return results
 
     def _check_replaces(self, model_options):
         """Warn once per run when a node patched after the Injector turned DiffStyler's attention off."""

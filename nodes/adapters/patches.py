@@ -112,6 +112,8 @@ class RunPlan:
     timesteps: list | None = None  # model timestep of each sample sigma (computed once per run: no sync per call)
     index_cache: dict = field(default_factory=dict)  # row lists -> index tensors on the device, reused every step
     fused_token_caches: dict = field(default_factory=dict)  # fused row layout -> masks per grid, region K/V per row
+    # the guider's handler for calc_cond_batch calls while the run is active: (executor, model, conds, x, t, options)
+    cond_batch_handler: object = None
 
     def timestep_at(self, step: int) -> float:
         if self.timesteps is None:
@@ -525,6 +527,20 @@ def make_apply_model_wrapper(state: PatchState):
     return diffstyler_apply_model
 
 
+def make_calc_cond_batch_wrapper(state: PatchState):
+    """Keyed CALC_COND_BATCH wrapper: while a run is active its guider answers every ``calc_cond_batch`` call,
+    its own and those that guidance hooks make (a post-CFG function such as PAG or SAG asking the model again)."""
+
+    def diffstyler_calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
+        run = state.run
+        handler = run.cond_batch_handler if run is not None else None
+        if handler is None:
+            return executor(model, conds, x_in, timestep, model_options)
+        return handler(executor, model, conds, x_in, timestep, model_options)
+
+    return diffstyler_calc_cond_batch
+
+
 def _prepend_conditioning(content: dict, b: int, c_crossattn, kwargs: dict):
     """Concatenate the content rows' conditioning in front of the call's (padding prompt lengths as core does)."""
     kwargs = dict(kwargs)
@@ -636,6 +652,9 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
 
     patched.add_wrapper_with_key(
         comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, make_apply_model_wrapper(state)
+    )
+    patched.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, make_calc_cond_batch_wrapper(state)
     )
     patched.set_attachments(ATTACHMENT, state)
     return patched, state

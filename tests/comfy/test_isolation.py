@@ -6,6 +6,8 @@
 * another pack's attn1 replace registered before the Injector stays active (called at every UNet call) and sees
   our Q/K injection; one registered after the Injector (which turns ours off there) is reported by a warning;
 * ComfyUI's torch.compile wrapper (the TorchCompileModel node) before the Injector gives the uncompiled result;
+* guidance hooks (pre-CFG functions such as APG, post-CFG functions such as PAG that call the model again) work on
+  DiffStyler's mask-fused predictions;
 * ``bench/soak.py``: the two-style graph 12 times in one process and executor, without errors.
 """
 
@@ -200,6 +202,81 @@ def test_a_replace_set_after_the_injector_is_reported(tiny, pack, caplog):
     assert len(warnings) == 1, caplog.text
     assert "late_pack" in warnings[0] and "('output', 5, 0)" in warnings[0] and "Q/K injection" in warnings[0]
     assert warnings[0].startswith("DiffStyler: 1 attention layer(s)")
+
+
+def two_halves_inputs(tiny):
+    """(inversion, cond, neg, styles): two random LoRA styles on the left and right halves."""
+    from comfyui_diffstyler.nodes import style
+
+    left = torch.zeros(1, 64, 64)
+    left[:, :, :32] = 1
+    inv, cond, neg, styles = one_style_inputs(tiny, left, lora_seed=84)
+    other = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize("sketch of <ttt>"))
+    styles = style.DiffStylerStyleLoRA.execute(
+        "None", 1.0, other, 1 - left, lora=dst_core.random_lora(tiny.model, seed=85), styles=styles
+    ).args[0]
+    return inv, cond, neg, styles
+
+
+def stylize(model, inv, cond, neg, styles, cfg=6.0):
+    from comfyui_diffstyler.nodes import inject, sample
+
+    patched = inject.DiffStylerCrossLoRAInjector.execute(model, styles, 0.6, 0.5, "adaptive", True).args[0]
+    return sample.DiffStylerMaskedFusionSampler.execute(patched, inv, cond, neg, cfg, "exact", styles).args[0][
+        "samples"
+    ]
+
+
+def test_pre_cfg_hooks_run_on_the_fused_predictions(tiny, pack):
+    """ComfyUI's sampling_function runs the model's pre-CFG functions (APG, FreSca, TCFG, ...) on the cond/uncond
+    predictions; DiffStyler's guider does the same on its mask-fused pair instead of skipping them."""
+    from comfy_extras import nodes_apg
+
+    inv, cond, neg, styles = two_halves_inputs(tiny)
+    base = stylize(tiny.model, inv, cond, neg, styles)
+    seen = []
+
+    def cond_for_uncond(args):  # CFG of (cond, cond) is cond: the result must be the cfg=1 run's
+        seen.append(len(args["conds_out"]))
+        return [args["conds_out"][0], args["conds_out"][0]]
+
+    hooked = tiny.model.clone()
+    hooked.set_model_sampler_pre_cfg_function(cond_for_uncond)
+    out = stylize(hooked, inv, cond, neg, styles)
+    assert seen == [2] * STEPS
+    assert float((out - stylize(tiny.model, inv, cond, neg, styles, cfg=1.0)).abs().max()) <= 1e-4
+    assert float((out - base).abs().max()) > 1e-2
+    apg = nodes_apg.APG.execute(tiny.model, 0.0, 5.0, 0.0).args[0]  # ComfyUI's APG node
+    assert float((stylize(apg, inv, cond, neg, styles) - base).abs().max()) > 1e-3, "APG changes the result"
+
+
+def test_post_cfg_hooks_model_calls_get_the_fused_prediction(tiny, pack):
+    """A post-CFG function that asks the model again (PAG, SAG: ``calc_cond_batch(model, [cond], ...)``) gets
+    DiffStyler's prediction for that entry, every style evaluated and fused by mask, not a batch the Injector
+    would read as the first style's rows. A hook that re-evaluates the cond and uncond predictions unperturbed
+    and adds the differences therefore changes nothing; ComfyUI's PAG node, whose perturbation of the tiny
+    UNet's 1x1 middle block is the identity, likewise."""
+    import comfy.samplers
+    from comfy_extras import nodes_pag
+
+    inv, cond, neg, styles = two_halves_inputs(tiny)
+    base = stylize(tiny.model, inv, cond, neg, styles)
+    calls = []
+
+    def again(args):
+        m, x, sigma, opts = args["model"], args["input"], args["sigma"], args["model_options"]
+        c, u = comfy.samplers.calc_cond_batch(m, [args["cond"], args["uncond"]], x, sigma, opts)
+        calls.append(1)
+        gap = (args["cond_denoised"] - c) + (args["uncond_denoised"] - u)
+        return args["denoised"] + gap * 5.0
+
+    hooked = tiny.model.clone()
+    hooked.set_model_sampler_post_cfg_function(again)
+    out = stylize(hooked, inv, cond, neg, styles)
+    assert len(calls) == STEPS
+    assert float((out - base).abs().max()) <= 1e-4
+    pag = nodes_pag.PerturbedAttentionGuidance.execute(tiny.model, 3.0).args[0]
+    assert float((stylize(pag, inv, cond, neg, styles) - base).abs().max()) <= 1e-4
 
 
 def test_under_comfyuis_torch_compile_wrapper(tiny, pack):
