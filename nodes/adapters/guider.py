@@ -94,7 +94,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             self.weights, self.bg_weight = [], torch.ones(b, 1, h, w)
             self.inside = torch.zeros(b, 1, h, w, dtype=torch.bool)
 
-    def _activate(self, x, timestep):
+    def _activate(self, x, timestep, model_options):
         inv = self.inversion
         content = self.conds["content"][0]
         cond_obj = comfy.samplers.get_area_and_mult(content, x, timestep)
@@ -113,7 +113,8 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
 
         s = self.state.settings
         self._branches = branches
-        self._uncond = not math.isclose(self.cfg, 1.0)
+        # as ComfyUI's sampling_function: no uncond rows at cfg 1 unless a node asked for them
+        self._uncond = not math.isclose(self.cfg, 1.0) or bool(model_options.get("disable_cfg1_optimization"))
         roles = []
         self._conds_list = []
         for br in branches:
@@ -163,7 +164,13 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
     # ------------------------------------------------------------------ CFGGuider hooks
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
         if self._run is None:
-            self._activate(x, timestep)
+            self._activate(x, timestep, model_options)
+            if "sampler_calc_cond_batch_function" in model_options:
+                logger.warning(
+                    "DiffStyler: the MODEL carries a sampler_calc_cond_batch_function (e.g. Skip Layer Guidance), "
+                    "which replaces the cond/uncond evaluation of a KSampler; DiffStyler evaluates its own style "
+                    "branches and does not call it"
+                )
             self._check_replaces(model_options)
         if not self._conds_list:  # nothing to stylize: the content itself
             return self._content_x0.expand_as(x).clone()

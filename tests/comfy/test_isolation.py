@@ -279,6 +279,33 @@ def test_post_cfg_hooks_model_calls_get_the_fused_prediction(tiny, pack):
     assert float((stylize(pag, inv, cond, neg, styles) - base).abs().max()) <= 1e-4
 
 
+def test_cfg1_uncond_when_a_node_asks_and_a_calc_cond_batch_function_is_reported(tiny, pack, caplog):
+    """At cfg 1 ComfyUI skips the uncond rows unless a node set ``disable_cfg1_optimization``: so does DiffStyler.
+    A ``sampler_calc_cond_batch_function`` (Skip Layer Guidance) cannot apply to DiffStyler's branches: a warning
+    says so instead of dropping it silently."""
+    inv, cond, neg, styles = two_halves_inputs(tiny)
+    plain_cfg1 = stylize(tiny.model, inv, cond, neg, styles, cfg=1.0)
+    seen = []
+
+    def post(args):
+        seen.append(float(args["uncond_denoised"].abs().max()))
+        return args["denoised"]
+
+    hooked = tiny.model.clone()
+    hooked.model_options["disable_cfg1_optimization"] = True
+    hooked.set_model_sampler_post_cfg_function(post)
+    out = stylize(hooked, inv, cond, neg, styles, cfg=1.0)
+    assert len(seen) == STEPS and min(seen) > 0, "the uncond prediction was evaluated"
+    assert float((out - plain_cfg1).abs().max()) <= 1e-4
+    called = []
+    slg = tiny.model.clone()
+    slg.set_model_sampler_calc_cond_batch_function(lambda args: called.append(1))
+    caplog.clear()
+    out = stylize(slg, inv, cond, neg, styles, cfg=1.0)
+    assert not called and float((out - plain_cfg1).abs().max()) <= 1e-4
+    assert caplog.text.count("sampler_calc_cond_batch_function") == 1, caplog.text
+
+
 def test_under_comfyuis_torch_compile_wrapper(tiny, pack):
     """ComfyUI's TorchCompileModel node (``set_torch_compile_wrapper``) before the Injector: dynamo traces the
     patched UNet with our layers in it, and the result equals the uncompiled run. Backend "eager" (dynamo's graph
