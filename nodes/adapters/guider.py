@@ -124,6 +124,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             if self._uncond:
                 self._conds_list.append(self.conds["negative"])
                 roles.append((br, True))
+        self._check_areas(tuple(x.shape[-2:]))
         self._run = patches.RunPlan(
             roles=roles,
             inject_branches=set(branches),
@@ -152,7 +153,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             self._run.fused_contexts = [
                 (ctx(f"style_{i}"), neg) if i in by_style else None for i in range(len(self.styles))
             ] + [(ctx("positive"), neg)]
-            self._run.latent_hw = tuple(x.shape[-2:])
+        self._run.latent_hw = tuple(x.shape[-2:])
         self._run.cond_batch_handler = self._cond_batch
         self.state.run = self._run
         dev = x.device
@@ -160,6 +161,34 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         self._dev_bg_weight = self.bg_weight.to(dev, x.dtype)
         self._dev_inside = self.inside.to(dev)
         self._content_x0 = traj[-1]
+
+    def _check_areas(self, hw):
+        """Refuse prompts that cover part of the latent (an area, or a mask with its area set to the bounds):
+        ComfyUI runs them on a crop, where the content row and the injected features do not line up. Read from
+        the conditioning as given (ComfyUI copies every area into the other prompts when it prepares them)."""
+        names = [("positive", "positive"), ("negative", "negative")]
+        names += [(f"style_{i}", f"styles (style {i}, {s.name}: its prompt)") for i, s in enumerate(self.styles)]
+        for key, name in names:
+            for c in self.original_conds.get(key) or ():
+                area = c.get("area")
+                if c.get("mask") is not None and c.get("set_area_to_bounds"):
+                    what = "a conditioning mask with its area set to the mask bounds"
+                elif area is not None and len(area) == 4 and area[0] != "percentage":
+                    height, width, y, x = (int(v) for v in area)
+                    if y <= 0 and x <= 0 and height >= hw[0] and width >= hw[1]:
+                        continue
+                    what = f"an area of {height}x{width} at ({y}, {x}) of the {hw[0]}x{hw[1]} latent"
+                elif area is not None:
+                    if tuple(float(v) for v in area[1:]) == (1.0, 1.0, 0.0, 0.0):
+                        continue
+                    what = f"an area of {tuple(area[1:])} (height, width, y, x as fractions)"
+                else:
+                    continue
+                raise ValueError(
+                    f"{name}: this conditioning covers part of the latent ({what}, from ConditioningSetArea or "
+                    "ConditioningSetMask). DiffStyler places each style by its mask: remove the area (or set the "
+                    "conditioning mask's area to 'default') and give the region as a style's mask"
+                )
 
     # ------------------------------------------------------------------ CFGGuider hooks
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature

@@ -424,6 +424,12 @@ def make_apply_model_wrapper(state: PatchState):
         run = state.run
         if run is None:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        if run.latent_hw is not None and tuple(x.shape[-2:]) != run.latent_hw:
+            raise ValueError(
+                f"DiffStyler: a UNet call on {tuple(x.shape[-2:])} latent pixels, not the content's {run.latent_hw}: "
+                "a conditioning with an area (or a node that crops the latent) cannot be combined with the content "
+                "injection; remove it and give the region as a style's mask"
+            )
         cond_or_uncond = list(transformer_options.get("cond_or_uncond", []))
         n_chunks = max(1, len(cond_or_uncond))
         b = x.shape[0] // n_chunks

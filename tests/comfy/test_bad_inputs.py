@@ -877,3 +877,26 @@ def test_failing_lora_save_leaves_no_partial_file(tiny, mods, comfy_home, monkey
     assert set(os.listdir(folder)) == listing, "no temporary or half-written file is left behind"
     assert path.read_bytes() == before, "the older file of that name is intact"
     assert not (folder / "rel_new_name.safetensors").exists()
+
+
+def test_prompts_with_an_area_are_refused_by_name(tiny, mods, inv, prompts, loras, stays_clean):
+    """ComfyUI runs a conditioning with an area (ConditioningSetArea, or a mask with its area set to the bounds) on
+    a crop of the latent, where the content row and the injected features do not line up: a clear error naming
+    the input instead of a tensor-size error from inside the UNet. An area that covers the whole latent runs."""
+    import node_helpers
+
+    def with_area(cond, h, w, y=0, x=0):
+        return node_helpers.conditioning_set_values(cond, {"area": (h, w, y, x), "strength": 1.0})
+
+    cropped = add_style(mods, with_area(prompts["style"], 4, 4), half(), lora=loras["good"])
+    with pytest.raises(ValueError, match=r"styles \(style 0, .*: its prompt\): this conditioning covers part"):
+        sample(mods, inject(mods, stays_clean, tiny.model, cropped), inv, prompts, cropped)
+    styles = add_style(mods, prompts["style"], half(), lora=loras["good"])
+    patched = inject(mods, stays_clean, tiny.model, styles)
+    area_base = dict(prompts, base=with_area(prompts["base"], 8, 4, 0, 4))
+    with pytest.raises(ValueError, match=r"^positive: .*an area of 8x4 at \(0, 4\) of the 8x8 latent"):
+        sample(mods, patched, inv, area_base, styles)
+    whole = add_style(mods, with_area(prompts["style"], 8, 8), half(), lora=loras["good"])
+    out = sample(mods, inject(mods, stays_clean, tiny.model, whole), inv, prompts, whole)
+    # ComfyUI copies each area into the other prompts when it prepares them: equal up to float rounding
+    assert float((out - sample(mods, patched, inv, prompts, styles)).abs().max()) <= 1e-5
