@@ -20,6 +20,8 @@ bench() {  # name, seconds, script args...
   echo "rc=$?" >> "$OUT/$name.log"
   grep -v -E 'WARNING|it/s\]|s/it\]' "$OUT/$name.log" | tail -n 25
 }
-bench bench256 200 bench/run.py --size 256 --kernels --json
-bench bench512 180 bench/run.py --size 512 --json
-bench attention512 90 bench/attention_memory.py --size 512
+# about 8 minutes in all (the H100 of session 1 ran plain sampling at 0.05 s a step; most of the time is building
+# the random-weight UNets and their copies), inside one call of at most 10 minutes
+bench bench256 230 bench/run.py --size 256 --kernels --json
+bench bench512 190 bench/run.py --size 512 --json
+bench attention512 80 bench/attention_memory.py --size 512 --attention pytorch
