@@ -79,6 +79,12 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
     ) -> io.NodeOutput:
         if not styles:
             raise ValueError("styles: no styles connected: chain at least one Style LoRA Loader (DiffStyler)")
+        if patches.state_of(model) is not None:
+            raise ValueError(
+                "model: this MODEL already comes from a Cross-LoRA Attention Injector (DiffStyler); one Injector "
+                "patches a model for all its styles: connect the MODEL before that Injector, and chain every style "
+                "into the DIFFSTYLER_STYLES of one Injector"
+            )
         deltas = []
         for i, s in enumerate(styles):
             if s.lora is None or s.strength == 0:

@@ -420,6 +420,17 @@ def _(x):
     inject(x.mods, x.tracker, unknown_unet(), styles)
 
 
+@case(
+    "inject_twice",
+    ValueError,
+    r"model: this MODEL already comes from a Cross-LoRA Attention Injector \(DiffStyler\); one Injector patches a "
+    r"model for all its styles",
+)
+def _(x):
+    styles = add_style(x.mods, x.prompts["style"], half(), lora=x.loras["good"])
+    inject(x.mods, x.tracker, inject(x.mods, x.tracker, x.tiny.model, styles), styles)
+
+
 # Masked Feature Fusion Sampler / Guider ---------------------------------------------------------------------
 
 
