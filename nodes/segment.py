@@ -214,12 +214,12 @@ class DiffStylerFastSAMMask(io.ComfyNode):
         clip = fastsam_adapter.load_clip(clip_folder) if mode == "text" else None
         mask = fastsam_adapter.segment(fastsam, rgb, request, clip=clip)
         preview = prompts.draw_preview(rgb, mask, request.points, request.boxes)
-        # Not under "images": the frontend would draw it as the node's image preview below the editor canvas,
-        # which already shows it (the editor reads both keys in onExecuted; the preview output carries it on).
-        refs = {
-            "diffstyler_preview": ui.PreviewImage(preview, cls=cls).values,
-            "diffstyler_source": ui.PreviewImage(rgb, cls=cls).values,
-        }
+        # Not under "images" for one image: the frontend would draw it as the node's image preview below the
+        # editor canvas, which already shows it. A batch keeps that preview too: the editor shows its first image.
+        previews = ui.PreviewImage(preview, cls=cls).values
+        refs = {"diffstyler_preview": previews, "diffstyler_source": ui.PreviewImage(rgb, cls=cls).values}
+        if len(previews) > 1:
+            refs["images"] = previews
         return io.NodeOutput(mask, preview, ui=refs)
 
 

@@ -201,7 +201,9 @@ def test_shapes_dtypes_ranges_and_ui(seg, dense, comfy_home, batch, height, widt
     for t in (mask, preview):
         assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
     assert all(float(m.sum()) > 0 for m in mask)  # the dense model finds objects in every picture
-    assert set(ui) == {"diffstyler_preview", "diffstyler_source"}, "no 'images': the editor canvas shows it"
+    # one image: not under 'images' (the editor canvas shows it); a batch: also there, to browse every image
+    assert set(ui) == {"diffstyler_preview", "diffstyler_source"} | ({"images"} if batch > 1 else set())
+    assert ui.get("images", ui["diffstyler_preview"]) == ui["diffstyler_preview"]
     assert len(ui["diffstyler_preview"]) == batch and len(ui["diffstyler_source"]) == batch
     for i, ref in enumerate(ui["diffstyler_source"]):
         assert ref["type"] == "temp"
