@@ -194,50 +194,12 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
         if self._run is None:
             self._activate(x, timestep, model_options)
-            if "sampler_calc_cond_batch_function" in model_options:
-                logger.warning(
-                    "DiffStyler: the MODEL carries a sampler_calc_cond_batch_function (e.g. Skip Layer Guidance), "
-                    "which replaces the cond/uncond evaluation of a KSampler; DiffStyler evaluates its own style "
-                    "branches and does not call it"
-                )
             self._check_replaces(model_options)
         if not self._conds_list:  # nothing to stylize: the content itself
             return self._content_x0.expand_as(x).clone()
-        out = comfy.samplers.calc_cond_batch(self.inner_model, self._conds_list, x, timestep, model_options)
-        cond_f, uncond_f = self._fused_pair(out, x)
-        if uncond_f is None:
-            uncond_f = torch.zeros_like(cond_f)
-        positive = self.conds.get("positive")
-        negative = self.conds.get("negative") if self._uncond else None
-        # the rest of ComfyUI's sampling_function on the fused pair: pre-CFG hooks (APG, FreSca, TCFG, ...), then
-        # CFG with its custom function and post-CFG hooks (PAG, SAG, ...; their own model calls: _cond_batch)
-        pre = model_options.get("sampler_pre_cfg_function", [])
-        if pre:
-            outs = [cond_f, uncond_f]
-            for fn in pre:
-                args = {
-                    "conds": [positive, negative],
-                    "conds_out": outs,
-                    "cond_scale": self.cfg,
-                    "timestep": timestep,
-                    "input": x,
-                    "sigma": timestep,
-                    "model": self.inner_model,
-                    "model_options": model_options,
-                }
-                outs = fn(args)
-            cond_f, uncond_f = outs
-        return comfy.samplers.cfg_function(
-            self.inner_model,
-            cond_f,
-            uncond_f,
-            self.cfg,
-            x,
-            timestep,
-            model_options=model_options,
-            cond=positive,
-            uncond=negative,
-        )
+        # ComfyUI's own sampling function (its pre-CFG, CFG and post-CFG hooks included); every calc_cond_batch
+        # call it or a hook makes reaches _cond_batch through the Injector's CALC_COND_BATCH wrapper
+        return super().predict_noise(x, timestep, model_options, seed)
 
     def _fused_pair(self, out, x):
         """(cond, uncond or None) of a calc_cond_batch output laid out as ``self._conds_list``: fused by mask."""
@@ -246,33 +208,35 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         return self._fuse_branches(out, x)
 
     def _cond_batch(self, executor, model, conds, x, timestep, model_options):
-        """Every calc_cond_batch call of the run. The guider's own passes through. Another call comes from a
-        guidance hook (PAG's or SAG's post-CFG function asks the model again, with its own model_options, for
-        the cond or the uncond prediction): it gets what DiffStyler predicts for that entry, every branch
-        evaluated under the hook's options and fused by mask, instead of a batch whose rows the Injector would
-        take for the first style's. An entry that is the run's positive (negative) stands for each branch's own
-        cond (uncond); another conditioning replaces each branch's cond prompt."""
-        if conds is self._conds_list:
-            return executor(model, conds, x, timestep, model_options)
+        """Every calc_cond_batch call of the run: the sampling function's ``[positive, negative]`` (``[positive,
+        None]`` at cfg 1) and those of guidance hooks, each with its own model_options (PAG's or SAG's post-CFG
+        function asking the model again, Skip Layer Guidance's calc_cond_batch function). Each entry gets what
+        DiffStyler predicts for it: every branch evaluated and fused by mask. The run's positive (negative) stands
+        for each branch's own cond (uncond) prompt; another conditioning replaces each branch's cond prompt. One
+        UNet batch (``self._conds_list``'s layout) per cond/uncond pair of entries."""
         positive, negative = self.conds.get("positive"), self.conds.get("negative")
-        roles = self._run.roles
-        results = []
-        for entry in conds:
-            if entry is None:
-                results.append(torch.zeros_like(x))
-                continue
-            uncond = entry is negative and self._uncond
+        results = [torch.zeros_like(x) if entry is None else None for entry in conds]  # as calc_cond_batch does
+        pending = [(i, entry is negative and self._uncond) for i, entry in enumerate(conds) if entry is not None]
+        while pending:
+            batch, rest = {}, []  # is_uncond -> entry index, at most one of each per UNet batch
+            for i, uncond in pending:
+                if uncond in batch:
+                    rest.append((i, uncond))
+                else:
+                    batch[uncond] = i
+            pending = rest
             layout = []
-            for p, (_branch, is_uncond) in enumerate(roles):
-                if is_uncond != uncond:
+            for p, (_branch, uncond) in enumerate(self._run.roles):
+                i = batch.get(uncond)
+                if i is None:
                     layout.append(None)
-                elif entry is positive or uncond:
+                elif uncond or conds[i] is positive:
                     layout.append(self._conds_list[p])
                 else:
-                    layout.append(entry)
-            out = executor(model, layout, x, timestep, model_options)
-            cond_f, uncond_f = self._fused_pair(out, x)  # the positions left None came back as zeros
-            results.append(uncond_f if uncond else cond_f)
+                    layout.append(conds[i])
+            cond_f, uncond_f = self._fused_pair(executor(model, layout, x, timestep, model_options), x)
+            for uncond, i in batch.items():
+                results[i] = uncond_f if uncond else cond_f
         return results
 
     def _check_replaces(self, model_options):

@@ -279,10 +279,12 @@ def test_post_cfg_hooks_model_calls_get_the_fused_prediction(tiny, pack):
     assert float((stylize(pag, inv, cond, neg, styles) - base).abs().max()) <= 1e-4
 
 
-def test_cfg1_uncond_when_a_node_asks_and_a_calc_cond_batch_function_is_reported(tiny, pack, caplog):
+def test_cfg1_uncond_when_a_node_asks_and_a_calc_cond_batch_function_runs(tiny, pack):
     """At cfg 1 ComfyUI skips the uncond rows unless a node set ``disable_cfg1_optimization``: so does DiffStyler.
-    A ``sampler_calc_cond_batch_function`` (Skip Layer Guidance) cannot apply to DiffStyler's branches: a warning
-    says so instead of dropping it silently."""
+    A ``sampler_calc_cond_batch_function`` (Skip Layer Guidance: it evaluates ``[cond, None]`` and ``[None,
+    uncond]`` itself, the second with its own options) runs and gets DiffStyler's fused predictions."""
+    import comfy.samplers
+
     inv, cond, neg, styles = two_halves_inputs(tiny)
     plain_cfg1 = stylize(tiny.model, inv, cond, neg, styles, cfg=1.0)
     seen = []
@@ -298,12 +300,20 @@ def test_cfg1_uncond_when_a_node_asks_and_a_calc_cond_batch_function_is_reported
     assert len(seen) == STEPS and min(seen) > 0, "the uncond prediction was evaluated"
     assert float((out - plain_cfg1).abs().max()) <= 1e-4
     called = []
+
+    def slg_like(args):
+        called.append(1)
+        c, u = args["conds"]
+        m, x, sigma, opts = args["model"], args["input"], args["sigma"], args["model_options"]
+        cond_out, _ = comfy.samplers.calc_cond_batch(m, [c, None], x, sigma, opts)
+        _, uncond_out = comfy.samplers.calc_cond_batch(m, [None, u], x, sigma, dict(opts))
+        return [cond_out, uncond_out]
+
     slg = tiny.model.clone()
-    slg.set_model_sampler_calc_cond_batch_function(lambda args: called.append(1))
-    caplog.clear()
-    out = stylize(slg, inv, cond, neg, styles, cfg=1.0)
-    assert not called and float((out - plain_cfg1).abs().max()) <= 1e-4
-    assert caplog.text.count("sampler_calc_cond_batch_function") == 1, caplog.text
+    slg.set_model_sampler_calc_cond_batch_function(slg_like)
+    out = stylize(slg, inv, cond, neg, styles)
+    assert len(called) == STEPS
+    assert float((out - stylize(tiny.model, inv, cond, neg, styles)).abs().max()) <= 1e-4
 
 
 def test_under_comfyuis_torch_compile_wrapper(tiny, pack):
