@@ -109,7 +109,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         self._traj = traj
 
         def content_latent_at(step):  # InversionResult.content_input_at by step index, already on the device
-            return traj[min(step + 1, traj.shape[0] - 1)]
+            return traj[inv.content_step_index(step)]
 
         s = self.state.settings
         self._branches = branches

@@ -107,7 +107,11 @@ class InversionResult:
 
     def content_index(self, sigma: float | torch.Tensor) -> int:
         """Trajectory index of the content row's input at sampling sigma ``sigma`` (see ``content_input_at``)."""
-        return min(self.checked_index(sigma) + 1, self.trajectory.shape[0] - 1)
+        return self.content_step_index(self.checked_index(sigma))
+
+    def content_step_index(self, step: int) -> int:
+        """``content_index`` of the sigma at index ``step`` of ``sigmas`` (a sampler's step, already looked up)."""
+        return min(step + 1, self.trajectory.shape[0] - 1)
 
     def latent_at(self, sigma: float | torch.Tensor) -> torch.Tensor:
         """The trajectory latent ``[B,C,h,w]`` at ``sigma``; ValueError when sigma is not on the schedule."""
