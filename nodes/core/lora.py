@@ -77,3 +77,46 @@ def conv2d_delta(x: torch.Tensor, d: LayerDelta, stride, padding, dilation, grou
     if d.bias is not None:
         out = out + d.bias.view(1, -1, 1, 1)
     return out
+
+
+def dora_weight(weight: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, strength: float) -> torch.Tensor:
+    """The DoRA weight ``W'`` (Liu et al., arXiv 2402.09353, eq. 5) at ``strength``, as the library that wrote the
+    magnitude defines it. ``delta`` is the low-rank (or LoHa/LoKr) update at strength 1 with its alpha scaling,
+    ``weight`` the layer's weight ``[out, in(, k, k)]``.
+
+    The magnitude's layout says which library wrote it:
+
+    - ``[out]`` (peft's ``lora_magnitude_vector``, flattened; or ``[1, out, 1, 1]`` where ``out != in``):
+      ``W' = m * V / ||V||`` with ``V = W + strength*delta`` and the norm per output row, no epsilon;
+      strength scales the LoRA inside the norm as peft's adapter weight does.
+    - ``[out, 1(, 1, 1)]`` (LyCORIS, ``wd_on_output``) or ``[1, in(, 1, 1)]`` (LyCORIS, norm per input column):
+      ``V = W + delta``, ``s = m / (||V|| + eps)``, ``W' = V * (strength*(s - 1) + 1)`` (LyCORIS's multiplier).
+
+    ValueError for any other layout.
+    """
+    w = weight.to(torch.float32)
+    d = delta.to(torch.float32)
+    m = magnitude.to(torch.float32)
+    out_dim, in_dim = w.shape[0], w.shape[1]
+    ones = [1] * (w.ndim - 1)
+    if m.ndim == w.ndim and m.shape[0] == 1 and m.numel() == out_dim and m.shape[1] == out_dim != in_dim:
+        m = m.reshape(-1)  # peft's conv layout [1, out, 1, 1], told from LyCORIS's [1, in, 1, 1] by its size
+    if m.ndim == 1 and m.shape[0] == out_dim:
+        v = w + float(strength) * d
+        norm = v.reshape(out_dim, -1).norm(dim=1)
+        return v * (m / norm).reshape(out_dim, *ones)
+    eps = torch.finfo(torch.float32).eps
+    v = w + d
+    if m.ndim == w.ndim and m.shape[0] == out_dim and m.numel() == out_dim:
+        norm = v.reshape(out_dim, -1).norm(dim=1).reshape(out_dim, *ones)
+    elif m.ndim == w.ndim and m.shape[1] == in_dim and m.numel() == in_dim:
+        norm = v.transpose(0, 1).reshape(in_dim, -1).norm(dim=1).reshape(1, in_dim, *ones[1:])
+    else:
+        raise ValueError(
+            f"DoRA magnitude of shape {list(m.shape)} fits neither peft's [out] nor LyCORIS's [out, 1...] / [1, in...] "
+            f"layout for a weight of shape {list(w.shape)}"
+        )
+    scale = m.reshape(norm.shape) / (norm + eps)
+    if strength != 1.0:
+        scale = float(strength) * (scale - 1) + 1
+    return v * scale
