@@ -43,7 +43,8 @@ MODULE_PATH_SUFFIXES = (
 )
 HEADER_KEY = "lora_adapter_metadata"
 PEFT_DEFAULT_ALPHA = 8  # peft's LoraConfig default, what diffusers uses when the header names no lora_alpha
-DORA_INDEX = {"lora": 4, "loha": 7, "lokr": 8}  # where ComfyUI's adapters keep dora_scale in .weights
+# where ComfyUI's adapters keep dora_scale in .weights (index, length of .weights), checked before use
+DORA_INDEX = {"lora": (4, 6), "loha": (7, 8), "lokr": (8, 9)}
 
 
 def resolve_lora_path(name: str) -> str:
@@ -380,8 +381,16 @@ def _full_delta(adapter, key: str, base: torch.Tensor, strength: float, source: 
             return payload[0].to(torch.float32).reshape(w.shape) * strength
         raise ValueError(f"{source}: LoRA patch type {kind!r} on {key} cannot be applied per style")
     weights = getattr(adapter, "weights", None)
-    index = DORA_INDEX.get(getattr(adapter, "name", None))
-    if index is None or weights is None or len(weights) <= index or weights[index] is None:
+    name = getattr(adapter, "name", None)
+    if name not in DORA_INDEX or weights is None:
+        return _calculate(adapter, key, w, strength, source) - w
+    index, length = DORA_INDEX[name]
+    if len(weights) != length:
+        raise ValueError(
+            f"{source}: this ComfyUI's {name} patches hold {len(weights)} tensors, DiffStyler knows the {length} of "
+            "ComfyUI v0.8.0: update DiffStyler or use the ComfyUI version it supports"
+        )
+    if weights[index] is None:
         return _calculate(adapter, key, w, strength, source) - w
     # DoRA: the plain update at strength 1 from ComfyUI's adapter without its magnitude, then the library's DoRA
     magnitude = weights[index]

@@ -293,9 +293,10 @@ def test_kohya_file(tiny, mods, prompts, inversion, base_twin, comfy_home, stren
 
 
 @pytest.mark.parametrize("strength", [1.0, 0.5])
-@pytest.mark.parametrize("algo", ["loha", "lokr"])
-def test_lycoris_loha_lokr(tiny, mods, prompts, inversion, base_twin, comfy_home, algo, strength):
-    """LyCORIS LoHa/LoKr on every layer LyCORIS targets by default (attention, ResBlock convs, ...)."""
+@pytest.mark.parametrize("algo", ["lora", "loha", "lokr"])
+def test_lycoris_locon_loha_lokr(tiny, mods, prompts, inversion, base_twin, comfy_home, algo, strength):
+    """LyCORIS LoCon ("lora"), LoHa and LoKr on every layer LyCORIS targets by default (attention, ResBlock 3x3
+    convs, ...)."""
     # LoHa's update is a Hadamard product of two low-rank products: larger factors for a comparable effect
     std = 1.5 if algo == "loha" else 0.5
     twin, net = lycoris_net(base_twin, seed=5, std=std, algo=algo, linear_dim=4, linear_alpha=2.0, factor=4)
