@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import threading
 
 import comfy.lora
 import comfy.utils
@@ -348,10 +349,12 @@ class _ErrorRecords(logging.Handler):
 
     def __init__(self):
         super().__init__(logging.ERROR)
+        self.thread = threading.get_ident()
         self.messages: list[str] = []
 
     def emit(self, record):
-        self.messages.append(record.getMessage())
+        if record.thread == self.thread:  # not another thread's error (the server's, another prompt's)
+            self.messages.append(record.getMessage())
 
 
 def _calculate(adapter, key: str, w: torch.Tensor, strength: float, source: str) -> torch.Tensor:

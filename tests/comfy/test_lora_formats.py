@@ -50,7 +50,7 @@ def base_twin(tiny):
     return build_twin(tiny.model)
 
 
-def build_twin(model, layers_per_block: int = 2, load: bool = True):
+def build_twin(model, layers_per_block: int = 2, load: bool = True, width: int = 32):
     import comfy.utils
     from diffusers import UNet2DConditionModel
 
@@ -60,7 +60,7 @@ def build_twin(model, layers_per_block: int = 2, load: bool = True):
         sample_size=32,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(32, 64, 128, 128),
+        block_out_channels=(width, 2 * width, 4 * width, 4 * width),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         layers_per_block=layers_per_block,
@@ -370,4 +370,16 @@ def test_peft_lora_bias_is_refused_by_name(tiny, mods, prompts, base_twin, comfy
         "fmt_lora_bias.safetensors", 1.0, prompts["style"], torch.ones(1, 64, 64)
     ).args[0]
     with pytest.raises(ValueError, match=r"fmt_lora_bias\.safetensors.*lora_B\.bias.*(lora_bias|re-save|merge)"):
+        mods.inject.DiffStylerCrossLoRAInjector.execute(tiny.model, styles, 0.0, 0.0, "adaptive", True)
+
+
+def test_lycoris_file_for_a_wider_unet_is_refused_not_half_applied(tiny, mods, prompts, comfy_home):
+    """A LoHa written by LyCORIS for a UNet with the same layer names and twice the channels: ComfyUI's LoHa patch
+    fails on every layer and only logs it (returning the weight unpatched); the pack must stop, naming the file."""
+    wider, net = lycoris_net(build_twin(tiny.model, load=False, width=64), seed=10, algo="loha", linear_dim=4)
+    net.save_weights(str(loras_dir(comfy_home) / "fmt_loha_wide.safetensors"), torch.float32, None)
+    styles = mods.style.DiffStylerStyleLoRA.execute(
+        "fmt_loha_wide.safetensors", 1.0, prompts["style"], torch.ones(1, 64, 64)
+    ).args[0]
+    with pytest.raises(ValueError, match=r"fmt_loha_wide\.safetensors.*could not compute its loha update of .*another"):
         mods.inject.DiffStylerCrossLoRAInjector.execute(tiny.model, styles, 0.0, 0.0, "adaptive", True)
