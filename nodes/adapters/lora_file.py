@@ -130,15 +130,20 @@ def with_header_alphas(sd: dict[str, torch.Tensor], config: dict) -> dict[str, t
     return out
 
 
-def _kohya_name(key: str) -> str | None:
-    """The kohya name of a key written with a diffusers module path, else None (kohya, LyCORIS, text encoder...)."""
+def _kohya_name(key: str, key_map: dict | None = None) -> str | None:
+    """The kohya name of a key written with a diffusers module path, else None (kohya, LyCORIS, text encoder...).
+
+    With ``key_map`` (ComfyUI's LoRA key map of the model), a key whose own stem is in the map keeps its name (ComfyUI
+    reads it as it is) and a key is renamed only to a kohya name the map knows.
+    """
     if key.startswith("text_encoder"):
         return None
     if key.startswith(("lora_unet_", "lycoris_")):
         # diffusers' kohya conversion writes a DoRA magnitude as "lora_unet_<..>_attn1.to_q.lora_magnitude_vector"
         stem, sep, tail = key.rpartition(".")
         if sep and tail in ("dora_scale", "lora_magnitude_vector") and "." in stem:
-            return stem.replace(".", "_") + ".dora_scale"
+            if key_map is None or stem.replace(".", "_") in key_map:
+                return stem.replace(".", "_") + ".dora_scale"
         return None
     base = key
     for p in PEFT_PREFIXES:
@@ -147,19 +152,23 @@ def _kohya_name(key: str) -> str | None:
             break
     for src, dst in MODULE_PATH_SUFFIXES:
         if base.endswith(src):
-            module = base[: -len(src)]
-            if "." not in module:
+            module, stem = base[: -len(src)], key[: -len(src)]
+            if key_map is not None and stem in key_map:  # ComfyUI reads it; a magnitude only as ".dora_scale"
+                return stem + dst if dst == ".dora_scale" and src != dst else None
+            kohya = "lora_unet_" + module.replace(".", "_")
+            if "." not in module or (key_map is not None and kohya not in key_map):
                 return None
-            return "lora_unet_" + module.replace(".", "_") + dst
+            return kohya + dst
     return None
 
 
-def rename_peft(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def rename_peft(sd: dict[str, torch.Tensor], key_map: dict | None = None) -> dict[str, torch.Tensor]:
     """UNet keys written with diffusers module paths (PEFT ``lora_A``/``lora_B``, diffusers' older ``lora.down``/
-    ``lora.up``, ``lora_magnitude_vector``) -> kohya ``lora_unet_`` keys; every other key is kept as it is."""
+    ``lora.up``, ``lora_magnitude_vector``, flattened to ``[out]``: peft's layout) -> kohya ``lora_unet_`` keys; every
+    other key is kept as it is. ``key_map``: see :func:`_kohya_name`."""
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        name = _kohya_name(k)
+        name = _kohya_name(k, key_map)
         if k.endswith((".lora_magnitude_vector", ".lora_magnitude_vector.weight")):
             v = v.reshape(-1)  # peft keeps a conv's magnitude as [1, out, 1, 1]: [out] marks peft's DoRA
         out[name if name is not None else k] = v
@@ -177,12 +186,12 @@ def unet_patches(sd: dict[str, torch.Tensor], model, source: str) -> dict:
     layers it patches are not understood (a half-applied LoRA). Logs a warning with the count and examples
     when some tensors point to layers this UNet does not have.
     """
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     original = {}
     for k in sd:
-        name = _kohya_name(k)
+        name = _kohya_name(k, key_map)
         original[name if name is not None else k] = k
-    sd = rename_peft(sd)
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    sd = rename_peft(sd, key_map)
     patches = comfy.lora.load_lora(sd, key_map, log_missing=False)
     patches = {k: v for k, v in patches.items() if k.startswith("diffusion_model.")}
     if not patches:
@@ -255,14 +264,19 @@ def _report_unused(sd: dict, key_map: dict, patches: dict, model, source: str, o
             f"{len(other)} for layers this UNet ({_describe(model)}) does not have, e.g. {', '.join(examples)}"
         )
     if text_encoder:
-        parts.append(f"{len(text_encoder)} for the text encoder, which a DiffStyler style does not patch")
-    logger.warning(
-        "%s: %d of its %d tensors were not used (alphas not counted): %s. %s",
+        parts.append(
+            f"{len(text_encoder)} for the text encoder, which a DiffStyler style does not patch (to use them, apply "
+            "the LoRA to the CLIP with the core LoraLoader at strength_model 0)"
+        )
+    # a text-encoder part is normal in kohya files (ComfyUI's LoraLoader applies it to the CLIP): info only
+    logger.log(
+        logging.WARNING if other else logging.INFO,
+        "%s: %d of its %d tensors were not used (alphas not counted): %s%s",
         source,
         len(weights),
         total,
         "; ".join(parts),
-        "Check that the LoRA was trained for this checkpoint's family" if other else "",
+        ". Check that the LoRA was trained for this checkpoint's family" if other else "",
     )
 
 
