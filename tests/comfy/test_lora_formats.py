@@ -123,7 +123,6 @@ def assert_matches_library(tiny, mods, prompts, inversion, base_twin, lora_name,
     lib = reference(strength)
     for call in calls:
         want, base, got = twin_out(lib, call), twin_out(base_twin, call), call[3]
-        assert float((twin_out(base_twin, call) - got).abs().max()) > 0
         effect = float((want - base).abs().max())
         assert effect > 0.05 * float(base.abs().max()), "the adapter must change the output for this test to mean it"
         err = float((got - want).abs().max()) / effect
