@@ -4,13 +4,20 @@ Same inputs for every row: a full-size SD1.5 UNet with random weights (fp16 on a
 random prompt embeddings, a random content latent and k stripe masks. Rows:
 
 * plain      - DDIM CFG sampling through ComfyUI's own KSampler (2 UNet rows per step);
-* diffstyler - the Masked Feature Fusion Sampler, noise fusion, no cache (1 content row while an injection
-               window is open + 2 rows per style, all in one UNet call per step);
-* reference  - the reference design emulated: k+1 UNet copies (base + one per style, LoRA merged), each
+* diffstyler - the defaults (the released computation, design Sec. 5): per style a content row with that
+               style's LoRA while its injection windows are open + its cond/uncond rows, background exact,
+               all in one UNet call per step (3 rows per style in the windows, 2 after);
+* model bg   - the defaults with background = model (the released background: + a base branch's 3 rows);
+* shared     - the shared-content-row option (one LoRA-free content row for every style: 2k + 1 rows);
+* reference  - the released design emulated: k+1 UNet copies (base + one per style, LoRA merged), each
                running [content, uncond, cond] every step, noise fused by mask (3(k+1) rows per step);
                its injection bookkeeping is left out, which only flatters it;
-* cache      - DiffStyler with the content-feature cache (no content row: 2k rows per step);
+* cache      - the feature-cache option (content features recorded at inversion: 2k rows per step);
 * fast       - the cache plus the experimental feature-fusion mode (2 rows per step whatever k).
+
+The sampling runs use an inversion on the sampler's own steps (``--grid``; the sampling cost does not depend on
+it); the inversion's own cost is reported on its own line for ``--grid`` and, with ``--time-grids``, for every
+grid (the released fine grid costs about 1000 UNet rows).
 
 Warm-up runs are excluded; every time is the median of ``--repeats``. Ratios are to ``plain`` in the
 same run. ``--kernels`` adds one untimed run per case that counts the ATen operations launching work
@@ -125,7 +132,7 @@ def reference_sample(copies, inv, empty, neg, pos_list, masks_lat, cfg, counter=
     return x
 
 
-def rerun_cost(pack, model, latent, cond, steps):
+def rerun_cost(pack, model, latent, cond, steps, grid="sampling"):
     """Seconds a second graph run spends when only the sampler-side inputs change (inversion from cache)."""
     import execution
     from comfy_api.latest import ComfyExtension, io
@@ -174,7 +181,13 @@ def rerun_cost(pack, model, latent, cond, steps):
             "1": {"class_type": "DiffStylerBenchInputs", "inputs": {}},
             "2": {
                 "class_type": "DiffStylerInvert",
-                "inputs": {"model": ["1", 0], "latent": ["1", 1], "steps": steps, "conditioning": ["1", 2]},
+                "inputs": {
+                    "model": ["1", 0],
+                    "latent": ["1", 1],
+                    "steps": steps,
+                    "conditioning": ["1", 2],
+                    "inversion_grid": grid,
+                },
             },
             "3": {"class_type": "DiffStylerInversionSigmas", "inputs": {"inversion": ["2", 0]}},
             "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
@@ -214,6 +227,10 @@ def main():
         "for the device: PyTorch SDPA on NVIDIA, sub-quadratic on the CPU)",
     )
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--grid", default="sampling", help="inversion grid of the sampling runs (see GRIDS)")
+    ap.add_argument(
+        "--time-grids", action="store_true", help="also time the inversion on every grid (fine: ~1000 rows)"
+    )
     ap.add_argument("--kernels", action="store_true", help="count kernels per step (one more untimed run per case)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -262,16 +279,40 @@ def main():
         "syncs_per_step": {},
     }
 
-    t_inv, inv = timed(lambda: inversion.invert(model, latent, args.steps, empty, disable_pbar=True), dev, args.repeats)
+    t_inv, inv = timed(
+        lambda: inversion.invert(model, latent, args.steps, empty, disable_pbar=True, grid=args.grid), dev, args.repeats
+    )
     _, inv_cached = timed(
         lambda: inversion.invert(
-            model, latent, args.steps, empty, disable_pbar=True, cache_dtype="fp16" if dev.type == "cuda" else "fp32"
+            model,
+            latent,
+            args.steps,
+            empty,
+            disable_pbar=True,
+            cache_dtype="fp16" if dev.type == "cuda" else "fp32",
+            grid=args.grid,
         ),
         dev,
         1,
         warmup=0,
     )
     res["inversion_s"] = t_inv
+    res["inversion_grid"] = args.grid
+    res["inversion_rows"] = {args.grid: inv.unet_rows}
+    res["inversion_grid_s"] = {args.grid: t_inv}
+    if args.time_grids:
+        from comfyui_diffstyler.nodes.core.schedule import GRIDS
+
+        for grid in GRIDS:
+            if grid == args.grid:
+                continue
+            t_g, inv_g = timed(
+                lambda grid=grid: inversion.invert(model, latent, args.steps, empty, disable_pbar=True, grid=grid),
+                dev,
+                1,
+                warmup=0,
+            )
+            res["inversion_rows"][grid], res["inversion_grid_s"][grid] = inv_g.unet_rows, t_g
     res["feature_cache_mb"] = inv_cached.feature_cache.nbytes() / 2**20
     x_t = inversion.latent_out(model, inv.trajectory[0])
 
@@ -310,20 +351,25 @@ def main():
             styles = DiffStylerStyleLoRA.execute("None", 1.0, pos[i + 1], masks[i], lora=loras[i], styles=styles).args[
                 0
             ]
-        patched = DiffStylerCrossLoRAInjector.execute(model, styles, 0.6, 0.5, "adaptive", True).args[0]
-        fused = DiffStylerCrossLoRAInjector.execute(model, styles, 0.6, 0.5, "adaptive", True, "feature").args[0]
+        patched = DiffStylerCrossLoRAInjector.execute(model, styles, 0.6, 0.5, "adaptive", False).args[0]
+        shared = DiffStylerCrossLoRAInjector.execute(
+            model, styles, 0.6, 0.5, "adaptive", False, "noise", "shared"
+        ).args[0]
+        fused = DiffStylerCrossLoRAInjector.execute(model, styles, 0.6, 0.5, "adaptive", False, "feature").args[0]
         runs = (
-            ("diffstyler", inv, patched, "diffstyler_s"),
-            ("cache", inv_cached, patched, "diffstyler_cache_s"),
-            ("fast", inv_cached, fused, "diffstyler_fast_s"),
+            ("diffstyler", inv, patched, "diffstyler_s", "exact"),
+            ("model_bg", inv, patched, "diffstyler_model_bg_s", "model"),
+            ("shared", inv, shared, "diffstyler_shared_s", "exact"),
+            ("cache", inv_cached, patched, "diffstyler_cache_s", "exact"),
+            ("fast", inv_cached, fused, "diffstyler_fast_s", "exact"),
         )
-        for tag, use, mdl, key in runs:
+        for tag, use, mdl, key, bg in runs:
             if tag != "diffstyler" and k == 2:
                 continue
             mdl, rows = counting(mdl)
 
-            def ours(use=use, mdl=mdl, styles=styles):
-                return DiffStylerMaskedFusionSampler.execute(mdl, use, pos[0], neg, args.cfg, "exact", styles)
+            def ours(use=use, mdl=mdl, styles=styles, bg=bg):
+                return DiffStylerMaskedFusionSampler.execute(mdl, use, pos[0], neg, args.cfg, bg, styles)
 
             with common.PeakMemory(dev) as pm:
                 t, _ = timed(ours, dev, args.repeats)
@@ -334,7 +380,7 @@ def main():
             if args.kernels:
                 kern, syncs = kernels_per_step(ours, n)
                 res["kernels_per_step"][f"{tag}_k{k}"], res["syncs_per_step"][f"{tag}_k{k}"] = kern, syncs
-        del patched, fused
+        del patched, fused, shared
         if not args.no_reference:
             copies = reference_copies(model, loras[:k])
             ref_rows = {"rows": 0}
@@ -354,7 +400,7 @@ def main():
                 res["kernels_per_step"][f"reference_k{k}"], res["syncs_per_step"][f"reference_k{k}"] = kern, syncs
             del copies, reference  # the closure holds the copies too
             mm.soft_empty_cache()
-    first, second = rerun_cost(pack, model, latent, empty, args.steps)
+    first, second = rerun_cost(pack, model, latent, empty, args.steps, args.grid)
     res["first_graph_run_s"], res["rerun_inversion_s"] = first, second
 
     print(
@@ -381,6 +427,10 @@ def main():
     row("plain DDIM", res["plain_s"], "plain")
     for k in ks:
         row(f"diffstyler k={k}", res["diffstyler_s"][str(k)], f"diffstyler_k{k}")
+        if str(k) in res.get("diffstyler_model_bg_s", {}):
+            row(f"  background model k={k}", res["diffstyler_model_bg_s"][str(k)], f"model_bg_k{k}")
+        if str(k) in res.get("diffstyler_shared_s", {}):
+            row(f"  shared content k={k}", res["diffstyler_shared_s"][str(k)], f"shared_k{k}")
         if str(k) in res.get("diffstyler_cache_s", {}):
             row(f"  + feature cache k={k}", res["diffstyler_cache_s"][str(k)], f"cache_k{k}")
         if str(k) in res["diffstyler_fast_s"]:
@@ -391,6 +441,8 @@ def main():
         if str(k) in res["reference_s"]:
             speedup = res["reference_s"][str(k)] / res["diffstyler_s"][str(k)]
             print(f"speed-up over the reference design, k={k}: {speedup:.2f}x")
+    for grid, rows in res["inversion_rows"].items():
+        print(f"inversion on the {grid} grid: {rows} UNet rows, {res['inversion_grid_s'][grid]:.3f} s")
     print(
         f"inversion: {res['inversion_s']:.3f} s; feature cache {res['feature_cache_mb']:.1f} MB; graph re-run with "
         f"unchanged content: {res['rerun_inversion_s']:.3f} s (first run {res['first_graph_run_s']:.3f} s)"

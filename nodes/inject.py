@@ -49,9 +49,10 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                 ),
                 io.Boolean.Input(
                     "lora_in_injected_attention",
-                    default=True,
-                    tooltip="Apply the style LoRA inside the injected decoder self-attention layers too. Off "
-                    "reproduces the reference scripts, which bypass the LoRA there.",
+                    default=False,
+                    tooltip="Off (the released pipeline): the style LoRA is bypassed inside the Q/K-injected decoder "
+                    "self-attention layers, in every branch and at every step. On: the LoRA acts there too (our "
+                    "option; stronger style, less content structure).",
                 ),
                 io.Combo.Input(
                     "fusion",
@@ -61,6 +62,23 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                     tooltip="noise: one cond/uncond pair per style, fused by mask (the paper). feature "
                     "(experimental): all styles share one pair; each style's LoRA acts on its region's tokens and "
                     "each region attends to its own prompt. Faster for several styles.",
+                ),
+                io.Combo.Input(
+                    "content_rows",
+                    options=["per style", "shared"],
+                    default="per style",
+                    optional=True,
+                    tooltip="per style (the released pipeline): each style's injected features come from the content "
+                    "latent evaluated with that style's own LoRA (one content row per style). shared (faster, our "
+                    "option): one content row without any LoRA feeds every style.",
+                ),
+                io.Combo.Input(
+                    "base_injection",
+                    options=["all steps", "style windows"],
+                    default="all steps",
+                    optional=True,
+                    tooltip="For background = model: the base branch injects ResBlock features and Q/K on all steps "
+                    "(the released pipeline) or only inside the style windows above.",
                 ),
             ],
             outputs=[io.Model.Output(tooltip="The patched MODEL clone; feed it to the Masked Feature Fusion Sampler.")],
@@ -76,6 +94,8 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
         qk_blend: str,
         lora_in_injected_attention: bool,
         fusion: str = "noise",
+        content_rows: str = "per style",
+        base_injection: str = "all steps",
     ) -> io.NodeOutput:
         if not styles:
             raise ValueError("styles: no styles connected: chain at least one Style LoRA Loader (DiffStyler)")
@@ -90,14 +110,16 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
             if s.lora is None or s.strength == 0:
                 deltas.append({})
                 continue
-            p = lora_file.unet_patches(s.lora, model, f"style {i} LoRA ({s.name})")
-            deltas.append(lora_file.layer_deltas(p, model, s.strength, f"style {i} LoRA ({s.name})"))
+            p = lora_file.unet_patches(s.lora, model, f"style {i + 1} LoRA ({s.name})")
+            deltas.append(lora_file.layer_deltas(p, model, s.strength, f"style {i + 1} LoRA ({s.name})"))
         settings = {
             "feature_injection_end": float(feature_injection_end),
             "qk_injection_end": float(qk_injection_end),
             "qk_blend": qk_blend,
             "lora_in_injected_attention": bool(lora_in_injected_attention),
             "fusion": fusion,
+            "content_rows": content_rows,
+            "base_injection": base_injection,
         }
         patched, state = patches.install(model, deltas, tuple(s.uid for s in styles), settings)
         state.styles = list(styles)

@@ -16,9 +16,10 @@ class DiffStylerInvert(io.ComfyNode):
             display_name="DDIM Inversion (DiffStyler)",
             category="DiffStyler/invert",
             description=(
-                "DDIM-inverts the content latent (eta 0, cfg 1, empty prompt) on the ddim_uniform schedule that the "
-                "DiffStyler sampler uses, keeping every intermediate latent. ComfyUI caches the result, so changing "
-                "styles or prompts does not re-invert."
+                "DDIM-inverts the content latent (eta 0, cfg 1, empty prompt) as the released DiffStyler does: on "
+                "every timestep from 1 up to the first sampling timestep of the ddim_uniform schedule the sampler "
+                "uses (about 1000 UNet rows), keeping the latents at the sampling timesteps. ComfyUI caches the "
+                "result, so changing styles, prompts or masks does not re-invert."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model; use the same MODEL for sampling."),
@@ -45,8 +46,9 @@ class DiffStylerInvert(io.ComfyNode):
                     options=["off", "fp16", "fp32"],
                     default="off",
                     optional=True,
-                    tooltip="Also record the content features the sampler injects, so sampling skips the content "
-                    "row (faster; costs memory: see the log). fp32 gives the same result as no cache.",
+                    tooltip="Speed-up option (not the released method): record the content features at inversion, "
+                    "without any LoRA, so sampling runs no content rows (faster; costs memory: see the log). The "
+                    "released pipeline evaluates each style's content row with that style's LoRA.",
                 ),
                 io.Float.Input(
                     "cache_feature_end",
@@ -67,6 +69,16 @@ class DiffStylerInvert(io.ComfyNode):
                     optional=True,
                     tooltip="Record self-attention Q/K for this fraction of the steps (match the Injector's "
                     "qk_injection_end).",
+                ),
+                io.Combo.Input(
+                    "inversion_grid",
+                    options=["fine", "fine/2", "fine/5", "fine/10", "sampling"],
+                    default="fine",
+                    optional=True,
+                    tooltip="Timesteps the inversion walks. fine: every timestep t = 1, 2, ... (the released "
+                    "pipeline, ~1000 UNet rows). fine/2, fine/5, fine/10: every 2nd/5th/10th (2-10x cheaper). "
+                    "sampling: only the sampler's own steps (cheapest, ~steps rows). See the README for what each "
+                    "changes.",
                 ),
             ],
             outputs=[
@@ -98,6 +110,7 @@ class DiffStylerInvert(io.ComfyNode):
         feature_cache: str = "off",
         cache_feature_end: float = 0.6,
         cache_qk_end: float = 0.5,
+        inversion_grid: str = "fine",
     ) -> io.NodeOutput:
         if conditioning is None:
             if clip is None:
@@ -115,6 +128,7 @@ class DiffStylerInvert(io.ComfyNode):
             cache_dtype=feature_cache,
             cache_feature_end=cache_feature_end,
             cache_qk_end=cache_qk_end,
+            grid=inversion_grid,
         )
         out = dict(latent) if isinstance(latent, dict) else {}
         out.pop("noise_mask", None)

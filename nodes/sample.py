@@ -38,13 +38,23 @@ def _common_inputs():
             "background",
             options=list(BACKGROUNDS),
             default="exact",
-            tooltip="exact: outside the masks the content latent is kept exactly; model: the reference behaviour, "
-            "a base branch without LoRA predicts the background.",
+            tooltip="exact (our addition): outside the masks the latent follows the inversion and ends on the content "
+            "latent exactly. model (the released pipeline): a base branch without LoRA, with the base prompt and "
+            "content injection on every step, predicts the background.",
         ),
         STYLES.Input(
             "styles",
             optional=True,
             tooltip="The styles (default: the ones the Injector patched). Must match the Injector's.",
+        ),
+        io.Combo.Input(
+            "masks",
+            options=["hard", "soft"],
+            default="hard",
+            optional=True,
+            tooltip="hard (the released pipeline): each mask is resized bilinearly to the latent grid and every "
+            "value above 0 is inside; later styles overwrite earlier ones. soft (our option): area-averaged "
+            "coverage, blended at the edges.",
         ),
     ]
 
@@ -75,9 +85,9 @@ class DiffStylerMaskedFusionSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, inversion, positive, negative, cfg, background, styles=None) -> io.NodeOutput:
+    def execute(cls, model, inversion, positive, negative, cfg, background, styles=None, masks="hard") -> io.NodeOutput:
         styles = _styles_of(model, styles)
-        guider = DiffStylerGuider(model, inversion, styles, positive, negative, cfg, background)
+        guider = DiffStylerGuider(model, inversion, styles, positive, negative, cfg, background, masks=masks)
         sigmas = inversion.sigmas
         x_t = model.model.process_latent_out(inversion.trajectory[0].clone())
         callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
@@ -107,9 +117,11 @@ class DiffStylerGuiderNode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, inversion, positive, negative, cfg, background, styles=None) -> io.NodeOutput:
+    def execute(cls, model, inversion, positive, negative, cfg, background, styles=None, masks="hard") -> io.NodeOutput:
         styles = _styles_of(model, styles)
-        return io.NodeOutput(DiffStylerGuider(model, inversion, styles, positive, negative, cfg, background))
+        return io.NodeOutput(
+            DiffStylerGuider(model, inversion, styles, positive, negative, cfg, background, masks=masks)
+        )
 
 
 class DiffStylerDDIMSampler(io.ComfyNode):

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import trange
 
 from ..core.inversion import InversionResult
-from ..core.masks import fuse, fusion_weights, inside_region, is_empty, resize_mask_to_latent
+from ..core.masks import MASK_MODES, fuse, fusion_weights, inside_region, is_empty, resize_mask_to_latent
 from ..core.schedule import ddim_step
 from ..core.styles import Style
 from . import inversion as inversion_adapter
@@ -41,10 +41,14 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         cfg: float,
         background: str = "exact",
         use_cache: bool = True,
+        masks: str = "hard",
     ):
         super().__init__(model_patcher)
         if background not in BACKGROUNDS:
             raise ValueError(f"background: expected one of {BACKGROUNDS}, got {background!r}")
+        if masks not in MASK_MODES:
+            raise ValueError(f"masks: expected one of {MASK_MODES}, got {masks!r}")
+        self.mask_mode = masks
         state = patches.state_of(model_patcher)
         if state is None:
             raise ValueError(
@@ -78,10 +82,10 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         self.active: list[int] = []
         masks = []
         for i, s in enumerate(self.styles):
-            m = resize_mask_to_latent(s.mask, b, h, w, f"style {i} ({s.name}) mask")
+            m = resize_mask_to_latent(s.mask, b, h, w, f"style {i + 1} ({s.name}) mask", self.mask_mode)
             if is_empty(m):
                 logger.warning(
-                    "DiffStyler: style %d (%s) has an all-zero mask at latent size; it is skipped", i, s.name
+                    "DiffStyler: style %d (%s) has an all-zero mask at latent size; it is skipped", i + 1, s.name
                 )
                 continue
             self.active.append(i)
@@ -108,7 +112,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         traj = inv.trajectory.to(x.device, x.dtype)
         self._traj = traj
 
-        def content_latent_at(step):  # InversionResult.content_input_at by step index, already on the device
+        def content_latent_at(step):  # the inverted latent at the sampling timestep itself (design Sec. 5)
             return traj[inv.content_step_index(step)]
 
         s = self.state.settings
@@ -125,15 +129,28 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
                 self._conds_list.append(self.conds["negative"])
                 roles.append((br, True))
         self._check_areas(tuple(x.shape[-2:]))
+        style_windows = (float(s["feature_injection_end"]), float(s["qk_injection_end"]))
+        # released: the base branch injects ResBlock features and Q/K on every step; "style windows" is our option
+        base_windows = (1.0, 1.0) if s.get("base_injection", "all steps") == "all steps" else style_windows
+        per_style = s.get("content_rows", "per style") == "per style"
+        lora_styles = set(getattr(self.state, "lora_styles", range(len(self.styles))))
+        sources, windows = {}, {}
+        for br in branches:
+            if br == base_branch:
+                sources[br], windows[br] = patches.SHARED_SOURCE, base_windows
+            elif br == FUSED_BRANCH:
+                sources[br], windows[br] = patches.SHARED_SOURCE, style_windows
+            else:
+                sources[br] = br if (per_style and br in lora_styles) else patches.SHARED_SOURCE
+                windows[br] = style_windows
         self._run = patches.RunPlan(
             roles=roles,
-            inject_branches=set(branches),
+            branch_source=sources,
+            branch_windows=windows,
             lora_branch_to_style={br: br for br in branches if br != base_branch},
             sample_sigmas=inv.sigmas,
             content_latent_at=content_latent_at,
             content_conditioning=dict(cond_obj.conditioning),
-            feature_end=s["feature_injection_end"],
-            qk_end=s["qk_injection_end"],
             qk_blend=s["qk_blend"],
             lora_in_injected_attention=s["lora_in_injected_attention"],
             model_sampling=self.inner_model.model_sampling,
@@ -278,6 +295,15 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         """The sampler starts exactly on x_T of the inversion (model space)."""
         return self.inversion.trajectory[0].to(x.device, x.dtype)
 
+    def diffstyler_final_sigma(self) -> float:
+        """Where the last step goes instead of sigma 0: the released pipeline's last DDIM step ends at
+        alphas_cumprod[0] (``set_alpha_to_one`` false), i.e. at the model's smallest sigma (design Sec. 5)."""
+        return float(self.inner_model.model_sampling.sigma_min)
+
+    def diffstyler_final(self, x, sigma):
+        """The released pipeline's output is the VP latent at alphas_cumprod[0]: ``z = x * sqrt(alpha)``."""
+        return x / math.sqrt(1.0 + sigma * sigma)
+
     def diffstyler_post_step(self, x, sigma_next):
         """Exact background: outside the masks the latent is the inversion trajectory's."""
         if self.background != "exact":
@@ -318,14 +344,18 @@ def sample_diffstyler_ddim(model, x, sigmas, extra_args=None, callback=None, dis
         x = hooks.diffstyler_initial_latent(x)
     s_in = x.new_ones([x.shape[0]])
     values = sigmas.tolist()  # the step arithmetic and the background lookup in Python: no device sync per step
+    last = len(sigmas) - 2
     for i in trange(len(sigmas) - 1, disable=disable):
         comfy.model_management.throw_exception_if_processing_interrupted()
         sigma, sigma_next = values[i], values[i + 1]
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         eps = (x - denoised) / sigma
-        x = ddim_step(x, eps, sigma, sigma_next)
+        final = hooks is not None and i == last and sigma_next == 0.0
+        x = ddim_step(x, eps, sigma, hooks.diffstyler_final_sigma() if final else sigma_next)
         if hooks is not None:
             x = hooks.diffstyler_post_step(x, sigma_next)
+        if final:
+            x = hooks.diffstyler_final(x, hooks.diffstyler_final_sigma())
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
     return x

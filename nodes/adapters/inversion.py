@@ -1,8 +1,9 @@
-"""DDIM inversion through ComfyUI's own guider/sampler machinery (paper Sec. 3.1).
+"""DDIM inversion through ComfyUI's own guider/sampler machinery (paper Sec. 3.1, design Sec. 5).
 
-The content latent is inverted with eta 0 and cfg 1 on the flipped ``ddim_uniform`` schedule
-that sampling will use; every intermediate latent is kept (the trajectory). The model is
-called through ``CFGGuider`` so model management, wrappers and conds work as in core sampling.
+The content latent is inverted with eta 0, cfg 1 and the empty prompt on a fine grid of timesteps (released:
+t = 1, 2, ..., up to the first sampling timestep of the ``ddim_uniform`` schedule sampling uses); the latents at
+the sampling timesteps are kept (the trajectory). The model is called through ``CFGGuider`` so model management,
+wrappers and conds work as in core sampling.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from tqdm.auto import trange
 
 from ..core.inversion import FeatureCache, InversionFingerprint, InversionResult, digest_sigmas
-from ..core.schedule import ddim_step
+from ..core.schedule import GRIDS, ddim_step, inversion_grid
 
 logger = logging.getLogger(__name__)
 
@@ -63,30 +64,85 @@ def make_fingerprint(model, steps: int, latent_shape, sigmas: torch.Tensor) -> I
 
 
 @torch.no_grad()
-def sample_ddim_inverse(model, x, sigmas, extra_args=None, callback=None, disable=None, trajectory=None, recorder=None):
-    """k-diffusion style sampler function walking an *ascending* sigma list (DDIM inversion).
+def sample_ddim_inverse(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    trajectory=None,
+    recorder=None,
+    keep=None,
+    v_prediction=False,
+    step_of=None,
+):
+    """k-diffusion style sampler function walking the *ascending* inversion grid (design Sec. 5).
 
-    ``x`` starts at the clean latent (sigmas[0] = 0). The noise prediction for the step
-    ``sigma -> sigma_next`` is evaluated at ``sigma_next`` (the target timestep), as in the
-    standard DDIM inversion. Every latent, the first included, is appended to ``trajectory``.
+    ``sigmas[0]`` is the clean latent's level (alphas_cumprod[0]); ``x`` arrives as the clean VP latent ``z_0`` and
+    is moved to k-diffusion scaling (``x = z / sqrt(alpha)``). Each step ``sigma_prev -> sigma`` evaluates the UNet
+    on the current latent as it is (the UNet input is ``x_prev / sqrt(1 + sigma_prev^2)``) with the timestep of
+    ``sigma``, and moves to ``sigma`` with that eps: ``x = x_prev + eps * (sigma - sigma_prev)``. For v-prediction,
+    eps comes from v at the current latent's own level (as diffusers' DDIMInverseScheduler does). The latents at
+    the grid indices in ``keep`` are appended to ``trajectory``.
     """
     extra_args = {} if extra_args is None else extra_args
     s_in = x.new_ones([x.shape[0]])
-    if trajectory is not None:
+    values = sigmas.tolist()
+    keep = set(keep or ())
+    step_of = step_of or {}
+    x = x * (1.0 + values[0] ** 2) ** 0.5
+    if trajectory is not None and 0 in keep:
         trajectory.append(x.detach().clone())
     for i in trange(len(sigmas) - 1, disable=disable):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        sp, sn = values[i], values[i + 1]
         if recorder is not None:
-            recorder.step = len(sigmas) - 2 - i  # the sampling step that evaluates at sigma_next
-        denoised = model(x, sigma_next * s_in, **extra_args)
-        eps = (x - denoised) / sigma_next
-        x = ddim_step(x, eps, sigma, sigma_next)
-        if trajectory is not None:
+            recorder.step = step_of.get(i + 1)  # the sampling step whose timestep this evaluation uses, if any
+        scale = ((1.0 + sn * sn) / (1.0 + sp * sp)) ** 0.5
+        x_in = x * scale  # ComfyUI divides by sqrt(1 + sn^2): the UNet sees x_prev / sqrt(1 + sp^2)
+        denoised = model(x_in, sigmas[i + 1] * s_in, **extra_args)
+        if v_prediction:  # v from ComfyUI's denoised, then eps at the current latent's level
+            v = (x_in / (1.0 + sn * sn) - denoised) * (1.0 + sn * sn) ** 0.5 / sn
+            a = 1.0 / (1.0 + sp * sp)
+            eps = a**0.5 * v + (1.0 - a) ** 0.5 * (x * a**0.5)
+        else:
+            eps = (x_in - denoised) / sn
+        x = ddim_step(x, eps, sp, sn)
+        if trajectory is not None and (i + 1) in keep:
             trajectory.append(x.detach().clone())
         if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+            callback({"x": x, "i": i, "sigma": sp, "sigma_hat": sp, "denoised": denoised})
     return x
+
+
+def prediction_kind(model) -> bool:
+    """True for v-prediction, False for eps; ValueError for other parameterizations (not SD1.x/SD2.x/SDXL)."""
+    import comfy.model_sampling as cms
+
+    ms = model.get_model_object("model_sampling")
+    if isinstance(ms, cms.EDM) or not isinstance(ms, cms.EPS) or not hasattr(ms, "sigmas"):
+        raise ValueError(
+            f"model: DDIM inversion needs a discrete eps- or v-prediction model (SD1.x/SD2.x/SDXL); this one samples "
+            f"with {type(ms).__name__}: load an SD1.x, SD2.x or SDXL checkpoint"
+        )
+    return isinstance(ms, cms.V_PREDICTION)
+
+
+def grid_sigmas(model, sigmas: torch.Tensor, grid: str) -> tuple[torch.Tensor, list[int], dict[int, int]]:
+    """The ascending inversion grid as sigmas, the grid index of each sampling sigma (descending order, the last
+    entry, sigma 0, excluded) and grid index -> sampling step."""
+    ms = model.get_model_object("model_sampling")
+    table = ms.sigmas.detach().float().cpu()
+    sampling_ts = []
+    for s in sigmas[:-1].tolist():
+        t = int(torch.argmin((table - s).abs()))
+        if abs(float(table[t]) - s) > 1e-4 * s:
+            raise ValueError(f"inversion: sigma {s:.6g} is not one of the model's discrete sigmas")
+        sampling_ts.append(t)
+    ts = inversion_grid(sampling_ts, grid)
+    pos = {t: i for i, t in enumerate(ts)}
+    return table[ts].to(torch.float32), [pos[t] for t in sampling_ts], {pos[t]: k for k, t in enumerate(sampling_ts)}
 
 
 def validate_latent(model, samples: torch.Tensor, name: str = "latent") -> None:
@@ -111,21 +167,29 @@ def invert(
     samples: torch.Tensor,
     steps: int,
     conditioning: list,
-    disable_pbar: bool = False,
+    disable_pbar: bool | None = None,
     cache_dtype: str = "off",
     cache_feature_end: float = 0.6,
     cache_qk_end: float = 0.5,
+    grid: str = "fine",
 ) -> InversionResult:
-    """DDIM-invert ``samples`` (VAE-space ``[B,C,h,w]``) with ``model`` over ``steps`` ddim_uniform steps.
+    """DDIM-invert ``samples`` (VAE-space ``[B,C,h,w]``) with ``model`` for ``steps`` ddim_uniform sampling steps.
 
+    The inversion walks ``grid`` (``fine``: every timestep t = 1, 2, ..., up to the first sampling timestep, the
+    released pipeline; cheaper grids in ``GRIDS``) and keeps the latents at the sampling timesteps only.
     ``cache_dtype`` 'fp16'/'fp32' also records the content features the sampler injects during the
-    first ``cache_feature_end`` (ResBlock) and ``cache_qk_end`` (Q/K) of the steps.
+    first ``cache_feature_end`` (ResBlock) and ``cache_qk_end`` (Q/K) of the steps (the feature-cache option).
     """
     if steps < 1:
         raise ValueError(f"steps: expected at least 1 inversion step, got {steps}")
+    if grid not in GRIDS:
+        raise ValueError(f"inversion_grid: expected one of {list(GRIDS)}, got {grid!r}")
     validate_latent(model, samples)
+    if disable_pbar is None:
+        disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+    v_prediction = prediction_kind(model)
     sigmas = sampling_sigmas(model, steps)
-    ascending = sigmas.flip(0)
+    ascending, keep, step_of = grid_sigmas(model, sigmas, grid)
 
     trajectory: list[torch.Tensor] = []
     cache, recorder, run_model = None, None, model
@@ -137,7 +201,7 @@ def invert(
         cache = FeatureCache(feature_cache.CACHE_DTYPES[cache_dtype], float(cache_feature_end), float(cache_qk_end))
         store = model.load_device if comfy.model_management.is_device_cuda(model.load_device) else "cpu"
         run_model, recorder = feature_cache.recording_clone(model, cache, int(sigmas.shape[0]) - 1, store)
-    extra = {"trajectory": trajectory}
+    extra = {"trajectory": trajectory, "keep": keep, "v_prediction": v_prediction, "step_of": step_of}
     if recorder is not None:
         extra["recorder"] = recorder
     sampler = comfy.samplers.KSAMPLER(sample_ddim_inverse, extra_options=extra)
@@ -145,7 +209,8 @@ def invert(
     guider.set_conds(conditioning, conditioning)
     guider.set_cfg(1.0)
 
-    pbar = comfy.utils.ProgressBar(steps)
+    n_grid = int(ascending.shape[0]) - 1
+    pbar = comfy.utils.ProgressBar(n_grid)
 
     def callback(step, x0, x, total):
         pbar.update_absolute(step + 1, total)
@@ -154,10 +219,18 @@ def invert(
     noise = torch.zeros_like(latent)
     guider.sample(noise, latent, sampler, ascending, callback=callback, disable_pbar=disable_pbar, seed=0)
 
-    # descending sigma order, traj[i] at sigmas[i]; one device->CPU copy for the whole trajectory
-    traj = torch.stack(trajectory[::-1]).to("cpu", torch.float32)
+    # descending sigma order: traj[i] at sigmas[i] (the kept sampling timesteps), then the clean latent at sigma 0
+    kept = trajectory[::-1]  # appended in ascending grid order
+    clean = model.model.process_latent_in(latent.to(kept[0].device))
+    traj = torch.stack([*kept, clean]).to("cpu", torch.float32)
     fp = make_fingerprint(model, int(sigmas.shape[0]) - 1, samples.shape, sigmas)
-    logger.info("DiffStyler: inverted %s latent over %d ddim_uniform steps", list(samples.shape), steps)
+    logger.info(
+        "DiffStyler: inverted %s latent for %d ddim_uniform steps on the %s grid (%d UNet rows per image)",
+        list(samples.shape),
+        steps,
+        grid,
+        n_grid,
+    )
     if cache is not None:
         feature_cache.log_cache(cache, samples.shape)
     return InversionResult(
@@ -167,6 +240,8 @@ def invert(
         fingerprint=fp,
         conditioning=conditioning,
         feature_cache=cache,
+        grid=grid,
+        unet_rows=n_grid,
     )
 
 

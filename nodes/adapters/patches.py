@@ -69,15 +69,21 @@ class CallPlan:
     res_src: torch.Tensor | None = None  # ... by these (content) rows
     qk_rows: torch.Tensor | None = None
     qk_src: torch.Tensor | None = None
+    # (start, groups, m, b) when the injected rows form ``groups`` equal, adjacent groups starting at ``start``, each
+    # one content chunk of ``b`` rows followed by the ``m`` chunks it feeds: injection in place on one strided view,
+    # one kernel per tensor whatever the number of branches
+    res_group: tuple[int, int, int, int] | None = None
+    qk_group: tuple[int, int, int, int] | None = None
     qk_ratio: float = 1.0
     lora_in_injected_attention: bool = True
     res_cached: torch.Tensor | None = None  # the content residual [B, ...] from the feature cache (instead of res_src)
     qk_cached: dict | None = None  # (block, transformer index) -> (q, k) [B, ...] from the feature cache
-    cached_batch_index: torch.Tensor | None = None  # for each injected row, its batch item in the cache
-    # (start, chunks, b) when the injected rows are one run [start, start + chunks*b) whose row start + j*b + i
-    # takes content row i (row i of the call, or batch item i of the cache): injection in place on views, one
-    # kernel per tensor instead of gathers and scatters
-    inject_span: tuple[int, int, int] | None = None
+    res_batch_index: torch.Tensor | None = None  # feature cache: for each injected row, its batch item in the cache
+    qk_batch_index: torch.Tensor | None = None
+    # feature cache only: (start, chunks, b) when the injected rows are one run [start, start + chunks*b) whose row
+    # start + j*b + i takes batch item i of the cache: injection in place on views
+    res_span: tuple[int, int, int] | None = None
+    qk_span: tuple[int, int, int] | None = None
     fused_rows: torch.Tensor | None = None  # feature-fusion mode: rows shared by every style
     fused_batch_index: torch.Tensor | None = None
     fused_uncond: list | None = None
@@ -88,18 +94,26 @@ class CallPlan:
     fused_token_cache: dict = field(default_factory=dict)  # the run's cache for this call's fused row layout
 
 
+SHARED_SOURCE = -1  # the content row without any LoRA (the base branch's, or every branch's when shared)
+
+
 @dataclass
 class RunPlan:
-    """What a DiffStyler guider activates for one sampling run."""
+    """What a DiffStyler guider activates for one sampling run (design Sec. 5).
+
+    A *branch* is a style (its index) or the base model (``len(styles)``); each branch that receives content
+    features reads them from a content row, its *source*: the content latent evaluated with that branch's own LoRA
+    (``source = style index``, the released pipeline) or without any LoRA (``SHARED_SOURCE``: the base branch, and
+    every branch under the shared-content-row option).
+    """
 
     roles: list[tuple[int, bool]]  # cond index -> (branch index, is_uncond); branch -1 = no LoRA, no injection
-    inject_branches: set[int]  # branches that receive content features
+    branch_source: dict[int, int]  # injected branch -> its content row's source (style index or SHARED_SOURCE)
+    branch_windows: dict[int, tuple[float, float]]  # injected branch -> (ResBlock end, Q/K end) as step fractions
     lora_branch_to_style: dict[int, int]  # branch -> style index whose deltas apply
     sample_sigmas: torch.Tensor
     content_latent_at: object  # callable(step index in sample_sigmas) -> the content row's input, model space
     content_conditioning: dict  # name -> ComfyUI CONDRegular for the content rows
-    feature_end: float
-    qk_end: float
     qk_blend: str
     lora_in_injected_attention: bool
     model_sampling: object
@@ -114,6 +128,10 @@ class RunPlan:
     fused_token_caches: dict = field(default_factory=dict)  # fused row layout -> masks per grid, region K/V per row
     # the guider's handler for calc_cond_batch calls while the run is active: (executor, model, conds, x, t, options)
     cond_batch_handler: object = None
+
+    @property
+    def inject_branches(self) -> set[int]:
+        return set(self.branch_source)
 
     def timestep_at(self, step: int) -> float:
         if self.timesteps is None:
@@ -142,6 +160,7 @@ class PatchState:
         self.style_ids = style_ids
         self.settings = dict(settings)
         self.styles: list | None = None  # the Style objects, for samplers whose styles input is not connected
+        self.lora_styles: set[int] = set(range(n_styles))  # styles with LoRA layers patched (others: plain model)
         self.run: RunPlan | None = None
         self.call: CallPlan | None = None
         self.deltas_bytes = 0
@@ -286,13 +305,17 @@ class InjectedResBlockMixin:
         if call is None or call.res_rows is None:
             return super()._forward(x, emb)
         h = self._ds_residual(x, emb)
-        span = call.inject_span
-        src = None if call.res_cached is None else call.res_cached.to(device=h.device, dtype=h.dtype)
-        if span is not None and h.is_contiguous():  # h is this call's own fresh tensor
-            start, m, b = span
-            h[start : start + m * b].view(m, b, *h.shape[1:]).copy_(h[:b] if src is None else src)
-        elif src is not None:
-            h = h.index_copy(0, call.res_rows, src.index_select(0, call.cached_batch_index.to(h.device)))
+        if call.res_cached is not None:  # feature cache: the content residual recorded at inversion
+            src = call.res_cached.to(device=h.device, dtype=h.dtype)
+            span = call.res_span
+            if span is not None and h.is_contiguous():  # h is this call's own fresh tensor
+                start, m, b = span
+                h[start : start + m * b].view(m, b, *h.shape[1:]).copy_(src)
+            else:
+                h = h.index_copy(0, call.res_rows, src.index_select(0, call.res_batch_index.to(h.device)))
+        elif call.res_group is not None and h.is_contiguous():
+            view = group_view(h, call.res_group)
+            view[:, 1:].copy_(view[:, :1])
         else:
             h = h.index_copy(0, call.res_rows, h.index_select(0, call.res_src))
         if self.updown:
@@ -328,6 +351,13 @@ class InjectedResBlockMixin:
 # ---------------------------------------------------------------- attn1 replace (Q/K injection)
 
 
+def group_view(t: torch.Tensor, group: tuple[int, int, int, int]) -> torch.Tensor:
+    """Rows ``[start, start + g*(m+1)*b)`` of ``t`` as ``[g, m+1, b, ...]``: per group, index 0 is the content
+    chunk and 1..m the chunks it feeds (``CallPlan.res_group``/``qk_group``)."""
+    start, g, m, b = group
+    return t[start : start + g * (m + 1) * b].view(g, m + 1, b, *t.shape[1:])
+
+
 def attend(q, k, v, extra_options: dict, previous=None):
     """An attention replace's own attention: the replace registered before ours (chained), else ComfyUI's."""
     if previous is not None:
@@ -353,22 +383,27 @@ def make_qk_replace(state: PatchState, previous=None):
         call = state.call if state.run is not None else None
         if call is not None and call.qk_rows is not None:
             r = call.qk_ratio
-            span = call.inject_span
+            span = call.qk_span
             q_src = k_src = None
             if call.qk_cached is not None:
                 key = (int(extra_options["block"][1]), int(extra_options.get("block_index", 0)))
                 q_c, k_c = call.qk_cached[key]
                 q_src, k_src = q_c.to(device=q.device, dtype=q.dtype), k_c.to(device=k.device, dtype=k.dtype)
-            if span is not None and q.is_contiguous() and k.is_contiguous():
-                # q and k are the projections ComfyUI just computed for this replace: blended in place
+            if q_src is None and call.qk_group is not None and q.is_contiguous() and k.is_contiguous():
+                # q and k are the projections ComfyUI just computed for this replace: blended in place, every
+                # branch's rows from its own content row in one strided view
+                for t in (q, k):
+                    view = group_view(t, call.qk_group)
+                    blend_qk_(view[:, 1:], view[:, :1], r)
+            elif q_src is not None and span is not None and q.is_contiguous() and k.is_contiguous():
                 start, m, b = span
                 for t, src in ((q, q_src), (k, k_src)):
-                    blend_qk_(t[start : start + m * b].view(m, b, *t.shape[1:]), t[:b] if src is None else src, r)
+                    blend_qk_(t[start : start + m * b].view(m, b, *t.shape[1:]), src, r)
             else:  # gather the injected rows, blend them, scatter them back
                 out = []
                 for t, src in ((q, q_src), (k, k_src)):
                     if src is not None:
-                        src = src.index_select(0, call.cached_batch_index.to(t.device))
+                        src = src.index_select(0, call.qk_batch_index.to(t.device))
                     rows = t.index_select(0, call.qk_rows)
                     blend_qk_(rows, t.index_select(0, call.qk_src) if src is None else src, r)
                     out.append(t.index_copy(0, call.qk_rows, rows))
@@ -405,8 +440,8 @@ def overridden_replaces(state: PatchState, model_options: dict) -> list[tuple[st
 
 
 def inject_span(chunks: list[int], offset: int, b: int, cached: list) -> tuple[int, int, int] | None:
-    """``CallPlan.inject_span`` for injected ``chunks`` (chunk j = rows ``offset + j*b ...``): None unless they
-    are consecutive and every cached feature holds ``b`` batch items."""
+    """``CallPlan.inject_span`` (feature cache) for injected ``chunks`` (chunk j = rows ``offset + j*b ...``): None
+    unless they are consecutive and every cached feature holds ``b`` batch items."""
     if not chunks or chunks != list(range(chunks[0], chunks[0] + len(chunks))):
         return None
     if any(t.shape[0] != b for t in cached):
@@ -414,9 +449,24 @@ def inject_span(chunks: list[int], offset: int, b: int, cached: list) -> tuple[i
     return offset + chunks[0] * b, len(chunks), b
 
 
+def inject_group(pairs: dict[int, list[int]], b: int) -> tuple[int, int, int, int] | None:
+    """``CallPlan.res_group``/``qk_group`` for ``pairs`` (content chunk position -> positions of the chunks it feeds,
+    in chunks of ``b`` rows): ``(start, groups, m, b)`` when every content chunk is directly followed by its ``m``
+    chunks and the groups are equal and adjacent, else None (the general gather/scatter path)."""
+    if not pairs:
+        return None
+    srcs = sorted(pairs)
+    m = len(pairs[srcs[0]])
+    for i, c in enumerate(srcs):
+        if pairs[c] != list(range(c + 1, c + 1 + m)) or c != srcs[0] + i * (m + 1):
+            return None
+    return srcs[0] * b, len(srcs), m, b
+
+
 def make_apply_model_wrapper(state: PatchState):
-    """Keyed APPLY_MODEL wrapper: while a run is active, put the content rows first in every UNet call
-    that holds a branch inside an injection window, set the call's row plan, and drop those rows again."""
+    """Keyed APPLY_MODEL wrapper: while a run is active, give every branch inside its injection windows a content
+    row (its own source: the content latent with that branch's LoRA, or without LoRA), placed just before that
+    branch's rows, set the call's row plan, and drop those rows again (rows come back in the caller's order)."""
 
     def diffstyler_apply_model(
         executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs
@@ -433,25 +483,50 @@ def make_apply_model_wrapper(state: PatchState):
         cond_or_uncond = list(transformer_options.get("cond_or_uncond", []))
         n_chunks = max(1, len(cond_or_uncond))
         b = x.shape[0] // n_chunks
-        sigma = t[0]
-        step = find_sigma_index(run.sample_sigmas, sigma)
+        step = find_sigma_index(run.sample_sigmas, t[0])
         steps = int(run.sample_sigmas.shape[0]) - 1
-        res_on = step >= 0 and in_window(step, run.feature_end, steps)
-        qk_on = step >= 0 and in_window(step, run.qk_end, steps)
         roles = [run.roles[ci] if 0 <= ci < len(run.roles) else (-1, False) for ci in cond_or_uncond]
-        inject_chunks = [j for j, (branch, _u) in enumerate(roles) if branch in run.inject_branches]
+        if not roles:
+            roles = [(-1, False)]
+        # per chunk: is the ResBlock / Q/K window of its branch open at this step
+        res_on, qk_on = [], []
+        for branch, _u in roles:
+            win = run.branch_windows.get(branch) if step >= 0 else None
+            res_on.append(win is not None and in_window(step, win[0], steps))
+            qk_on.append(win is not None and in_window(step, win[1], steps))
+        injected = [j for j in range(len(roles)) if res_on[j] or qk_on[j]]
         cache = run.feature_cache
-        res_cached = cache.res.get(step) if (cache is not None and res_on) else None
-        qk_cached = cache.qk.get(step) if (cache is not None and qk_on) else None
+        cache_res = cache.res.get(step) if (cache is not None and any(res_on)) else None
+        cache_qk = cache.qk.get(step) if (cache is not None and any(qk_on)) else None
         from_cache = (
-            bool(inject_chunks)
-            and (res_on or qk_on)
-            and (not res_on or res_cached is not None)
-            and (not qk_on or qk_cached is not None)
+            bool(injected)
+            and cache is not None
+            and (not any(res_on) or cache_res is not None)
+            and (not any(qk_on) or cache_qk is not None)
         )
-        need_content = (res_on or qk_on) and bool(inject_chunks) and not from_cache
-        offset = b if need_content else 0
-        if need_content:
+        device = x.device
+        _index = run.index
+        # the call's layout: chunks grouped by branch (first-appearance order), each injected branch's content
+        # chunk (one per source) just before the first chunk that reads it
+        order: list[tuple[str, int]] = []  # ("src", source) or ("chunk", j)
+        if injected and not from_cache:
+            by_branch: dict[int, list[int]] = {}
+            for j, (branch, _u) in enumerate(roles):
+                by_branch.setdefault(branch, []).append(j)
+            placed = set()
+            for branch, js in by_branch.items():
+                src = run.branch_source.get(branch)
+                if src is not None and any(j in injected for j in js) and src not in placed:
+                    placed.add(src)
+                    order.append(("src", src))
+                order += [("chunk", j) for j in js]
+        else:
+            order = [("chunk", j) for j in range(len(roles))]
+        n_src = sum(1 for kind, _v in order if kind == "src")
+        pos_of_chunk = {v: p for p, (kind, v) in enumerate(order) if kind == "chunk"}
+        pos_of_src = {v: p for p, (kind, v) in enumerate(order) if kind == "src"}
+        identity = n_src == 0 and all(pos_of_chunk[j] == j for j in range(len(roles)))
+        if n_src:
             if control is not None or c_concat is not None:
                 raise ValueError(
                     "DiffStyler's content injection cannot run together with ControlNet or inpainting-model inputs "
@@ -462,59 +537,75 @@ def make_apply_model_wrapper(state: PatchState):
                 raise ValueError(
                     f"inversion: the content latent batch ({x_src.shape[0]}) differs from the sampled one ({b})"
                 )
+            n_rows = x.shape[0]
             x = torch.cat([x_src, x])
             t = torch.cat([t[:b], t])
             c_crossattn, kwargs = _prepend_conditioning(run.content_conditioning, b, c_crossattn, kwargs)
-        device = x.device
+            # rows of the concatenation [content (b rows), the call's rows] in the layout's order
+            take = []
+            for kind, v in order:
+                take += list(range(b)) if kind == "src" else list(range(b + v * b, b + (v + 1) * b))
+            idx = _index(take, device)
+            x, t = x.index_select(0, idx), t.index_select(0, idx)
+            if c_crossattn is not None:
+                c_crossattn = c_crossattn.index_select(0, idx.to(c_crossattn.device))
+            kwargs = {
+                k_: (v_.index_select(0, idx.to(v_.device)) if _batched(v_, n_rows + b) else v_)
+                for k_, v_ in kwargs.items()
+            }
         lora_rows: dict[int, list[int]] = {}
-        for j, (branch, _u) in enumerate(roles):
-            style = run.lora_branch_to_style.get(branch)
+        for p, (kind, v) in enumerate(order):
+            style = v if kind == "src" and v != SHARED_SOURCE else None
+            if kind == "chunk":
+                style = run.lora_branch_to_style.get(roles[v][0])
             if style is not None:
-                lora_rows.setdefault(style, []).extend(range(offset + j * b, offset + (j + 1) * b))
+                lora_rows.setdefault(style, []).extend(range(p * b, (p + 1) * b))
         fused_chunks = [
             j for j, (branch, _u) in enumerate(roles) if run.fused_branch is not None and branch == run.fused_branch
         ]
-        inj_rows = [offset + j * b + i for j in inject_chunks for i in range(b)] if (need_content or from_cache) else []
-        inj_src = [i for _j in inject_chunks for i in range(b)] if (need_content or from_cache) else []
-        _index = run.index
-        batch_index = _index(inj_src, device) if from_cache else None
-        span = None
-        if inj_rows:
-            cached = []
-            if from_cache:
-                cached = ([res_cached] if res_on else []) + ([next(iter(qk_cached.values()))[0]] if qk_on else [])
-            span = inject_span(inject_chunks, offset, b, cached)
+        plan = CallPlan(lora_rows={}, lora_in_injected_attention=run.lora_in_injected_attention)
+        if injected and from_cache:
+            for kind_on, name, cached in ((res_on, "res", cache_res), (qk_on, "qk", cache_qk)):
+                rows = [j for j in injected if kind_on[j]]
+                if not rows:
+                    continue
+                setattr(plan, f"{name}_rows", _index([j * b + i for j in rows for i in range(b)], device))
+                setattr(plan, f"{name}_cached", cached.to(device) if name == "res" else cached)
+                setattr(plan, f"{name}_batch_index", _index([i for _j in rows for i in range(b)], device))
+                first = cached if name == "res" else next(iter(cached.values()))[0]
+                setattr(plan, f"{name}_span", inject_span(rows, 0, b, [first]))
+        elif injected:
+            for kind_on, name in ((res_on, "res"), (qk_on, "qk")):
+                pairs: dict[int, list[int]] = {}
+                for j in injected:
+                    if kind_on[j]:
+                        pairs.setdefault(pos_of_src[run.branch_source[roles[j][0]]], []).append(pos_of_chunk[j])
+                if not pairs:
+                    continue
+                dst = [p * b + i for c in sorted(pairs) for p in pairs[c] for i in range(b)]
+                src = [c * b + i for c in sorted(pairs) for _p in pairs[c] for i in range(b)]
+                setattr(plan, f"{name}_rows", _index(dst, device))
+                setattr(plan, f"{name}_src", _index(src, device))
+                setattr(plan, f"{name}_group", inject_group({c: sorted(v) for c, v in pairs.items()}, b))
+        if plan.qk_rows is not None:
+            plan.qk_ratio = qk_blend_ratio(run.timestep_at(step), run.qk_blend)
         ranges = {s: (r[0], r[-1] + 1) for s, r in lora_rows.items() if r and r == list(range(r[0], r[-1] + 1))}
         block = None
         if len(ranges) == len(lora_rows) and len(ranges) > 1:
-            order = sorted(ranges, key=lambda s_: ranges[s_][0])
-            per = ranges[order[0]][1] - ranges[order[0]][0]
-            if all(ranges[s_][1] - ranges[s_][0] == per for s_ in order) and all(
-                ranges[order[i]][0] == ranges[order[0]][0] + i * per for i in range(len(order))
+            by_start = sorted(ranges, key=lambda s_: ranges[s_][0])
+            per = ranges[by_start[0]][1] - ranges[by_start[0]][0]
+            if all(ranges[s_][1] - ranges[s_][0] == per for s_ in by_start) and all(
+                ranges[by_start[i]][0] == ranges[by_start[0]][0] + i * per for i in range(len(by_start))
             ):
-                block = (ranges[order[0]][0], per, tuple(order))
-        layout = None
+                block = (ranges[by_start[0]][0], per, tuple(by_start))
         if len(ranges) == len(lora_rows) and not fused_chunks:
             spans = tuple(sorted(((s_, a_, e_) for s_, (a_, e_) in ranges.items()), key=lambda t_: t_[1]))
-            layout = (run.lora_in_injected_attention, spans, block)
-        plan = CallPlan(
-            lora_ranges=ranges,
-            lora_layout=layout,
-            lora_rows={s: _index(r, device) for s, r in lora_rows.items()},
-            res_rows=_index(inj_rows, device) if ((need_content or from_cache) and res_on) else None,
-            res_src=_index(inj_src, device) if (need_content and res_on) else None,
-            qk_rows=_index(inj_rows, device) if ((need_content or from_cache) and qk_on) else None,
-            qk_src=_index(inj_src, device) if (need_content and qk_on) else None,
-            qk_ratio=qk_blend_ratio(run.timestep_at(step), run.qk_blend) if qk_on else 1.0,
-            lora_in_injected_attention=run.lora_in_injected_attention,
-            res_cached=res_cached.to(device) if (from_cache and res_on) else None,
-            qk_cached=qk_cached if (from_cache and qk_on) else None,
-            cached_batch_index=batch_index,
-            inject_span=span,
-        )
+            plan.lora_layout = (run.lora_in_injected_attention, spans, block)
+        plan.lora_ranges = ranges
+        plan.lora_rows = {s: _index(r, device) for s, r in lora_rows.items()}
         if fused_chunks:
             fused_items = [i for _j in fused_chunks for i in range(b)]
-            plan.fused_rows = _index([offset + j * b + i for j in fused_chunks for i in range(b)], device)
+            plan.fused_rows = _index([pos_of_chunk[j] * b + i for j in fused_chunks for i in range(b)], device)
             plan.fused_batch_index = _index(fused_items, device)
             plan.fused_uncond = [roles[j][1] for j in fused_chunks for _i in range(b)]
             plan.fused_role_index = _index([int(u) for u in plan.fused_uncond], device)
@@ -528,9 +619,18 @@ def make_apply_model_wrapper(state: PatchState):
             out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         finally:
             state.call = None
-        return out[offset:] if offset else out
+        if identity:
+            return out
+        back = [pos_of_chunk[j] * b + i for j in range(len(roles)) for i in range(b)]
+        if back == list(range(n_src * b, (n_src + len(roles)) * b)):
+            return out[n_src * b :]
+        return out.index_select(0, _index(back, out.device))
 
     return diffstyler_apply_model
+
+
+def _batched(v, rows: int) -> bool:
+    return isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == rows
 
 
 def make_calc_cond_batch_wrapper(state: PatchState):
@@ -594,6 +694,7 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
     block_map = block_map_for(model)
     patched = model.clone()
     state = PatchState(block_map, len(styles_deltas), style_ids, settings)
+    state.lora_styles = {s for s, deltas in enumerate(styles_deltas) if deltas}
     modules = dict(patched.model.named_modules())
     injected_ids = {
         id(m)

@@ -102,6 +102,9 @@ class TrainingInputs:
     conditioning: list
     prompt: str = ""
     size: tuple[int, int] = (0, 0)
+    # the VAE posterior's standard deviation (VAE space, like ``latent``, which is its mean); training draws a fresh
+    # sample ``latent + latent_std * N(0, 1)`` every step (design Sec. 5). None: the VAE has no Gaussian posterior
+    latent_std: torch.Tensor | None = None
 
 
 @dataclass
@@ -145,9 +148,33 @@ def prepare_inputs(clip, vae, images: torch.Tensor, prompt: str, resolution: int
     size = core.training_size(int(images.shape[1]), int(images.shape[2]), int(resolution))
     pixels = core.resize_images(images[..., :3].float(), size)
     with torch.no_grad():
-        latent = vae.encode(pixels).float().cpu()
+        latent, std = encode_posterior(vae, pixels)
         conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-    return TrainingInputs(latent=latent, conditioning=conditioning, prompt=prompt, size=size)
+    return TrainingInputs(latent=latent, conditioning=conditioning, prompt=prompt, size=size, latent_std=std)
+
+
+def encode_posterior(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """VAE-encode ``pixels`` (IMAGE ``[B,H,W,C]``) with ComfyUI's own ``VAE.encode``; returns the posterior mean
+    (what ``encode`` gives, ``[B,C,h,w]`` float32 CPU) and its standard deviation, read from the moments that reach
+    the VAE's Gaussian regularizer (None when the VAE has none)."""
+    moments = []
+    reg = getattr(getattr(vae, "first_stage_model", None), "regularization", None)
+    handle = None
+    if reg is not None and type(reg).__name__ == "DiagonalGaussianRegularizer":
+        handle = reg.register_forward_pre_hook(lambda _m, args: moments.append(args[0].detach().float().cpu()))
+    try:
+        mean = vae.encode(pixels).float().cpu()
+    finally:
+        if handle is not None:
+            handle.remove()
+    if not moments:
+        return mean, None
+    params = torch.cat(moments) if len(moments) > 1 else moments[0]
+    if params.shape[0] != mean.shape[0] or params.shape[1] != 2 * mean.shape[1] or params.shape[2:] != mean.shape[2:]:
+        logger.warning("DiffStyler: the VAE posterior was encoded in tiles; training on its mean")
+        return mean, None
+    _mu, logvar = torch.chunk(params, 2, dim=1)
+    return mean, torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
 
 
 def _check_latent(base, latent: torch.Tensor) -> None:
@@ -221,7 +248,7 @@ def find_targets(base, targets: str) -> list[LoraTarget]:
 
 
 def init_lora(targets: list[LoraTarget], rank: int, alpha: float, generator: torch.Generator, device) -> StyleLora:
-    """Fresh factors (down kaiming-uniform, up zero) as float32 leaves that require grad, on ``device``."""
+    """Fresh factors (down ~ N(0, (1/rank)^2), up zero) as float32 leaves that require grad, on ``device``."""
     factors = {}
     for t in targets:
         down, up = core.init_lora_factors(t.shape, rank, generator)
@@ -349,7 +376,9 @@ def train(model, inputs: TrainingInputs, cfg: core.TrainingConfig, progress: boo
         )
         generator = torch.Generator().manual_seed(int(cfg.seed))
         lora = init_lora(targets, cfg.rank, cfg.lora_alpha, generator, device)
-        latents = base.process_latent_in(inputs.latent.detach().clone()).float().to(device)
+        means = inputs.latent.detach().clone().float()
+        stds = None if inputs.latent_std is None else inputs.latent_std.detach().clone().float()
+        latents = base.process_latent_in(means.clone()).float().to(device)
         conds = _model_conds(base, inputs.conditioning, latents[:1], device, cfg.seed)
         denoiser = LoraDenoiser(base, lora)
         optimizer = torch.optim.AdamW(lora.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -358,7 +387,11 @@ def train(model, inputs: TrainingInputs, cfg: core.TrainingConfig, progress: boo
             for step in range(cfg.steps):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 i = step % n_images
-                x0 = latents[i : i + 1]
+                if stds is None:
+                    x0 = latents[i : i + 1]
+                else:  # a fresh sample of the VAE posterior every step, times the VAE scaling factor
+                    draw = torch.randn(means[i : i + 1].shape, generator=generator, dtype=torch.float32)
+                    x0 = base.process_latent_in(means[i : i + 1] + stds[i : i + 1] * draw).float().to(device)
                 t = core.sample_timestep_indices(generator, 1, int(sigma_table.shape[0]))
                 noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(device)
                 sigma = sigma_table[t].to(device)

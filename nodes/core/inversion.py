@@ -78,8 +78,12 @@ class InversionResult:
     """A DDIM inversion of a content latent (paper Sec. 3.1).
 
     ``sigmas``: the sampling schedule ``[n+1]``, descending, ending in 0.
-    ``trajectory``: ``[n+1, B, C, h, w]`` model-space latents, ``trajectory[i]`` lies at ``sigmas[i]``;
-    ``trajectory[-1]`` is the clean content latent and ``trajectory[0]`` is x_T.
+    ``trajectory``: ``[n+1, B, C, h, w]`` model-space latents (k-diffusion scaling, ``x = z / sqrt(alpha)``),
+    ``trajectory[i]`` is the inverted latent at ``sigmas[i]`` (only the sampling timesteps are kept, whatever
+    grid the inversion ran on); ``trajectory[-1]`` is the clean content latent and ``trajectory[0]`` is where
+    sampling starts (the inverted latent at the first sampling timestep).
+    ``grid``: the inversion grid's name (``fine`` = the released t = 1, 2, ..., see ``inversion.GRIDS``);
+    ``unet_rows``: UNet rows the inversion evaluated per batch item.
     ``content_latent``: the clean latent as given (VAE space, ``[B,C,h,w]``).
     ``conditioning``: the ComfyUI CONDITIONING used for the content branch (empty prompt by default).
     """
@@ -90,6 +94,10 @@ class InversionResult:
     fingerprint: InversionFingerprint
     conditioning: list = field(default_factory=list)
     feature_cache: FeatureCache | None = None
+    grid: str = "fine"
+    unet_rows: int = 0
+    # per-style content-feature caches filled by sampling runs (``adapters.content_cache``); freed with this object
+    content_caches: dict = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -110,20 +118,16 @@ class InversionResult:
         return self.content_step_index(self.checked_index(sigma))
 
     def content_step_index(self, step: int) -> int:
-        """``content_index`` of the sigma at index ``step`` of ``sigmas`` (a sampler's step, already looked up)."""
-        return min(step + 1, self.trajectory.shape[0] - 1)
+        """``content_index`` of the sigma at index ``step`` of ``sigmas``: the same index (design Sec. 5: at
+        sampling timestep t the content row gets the inverted latent at that same t)."""
+        return min(step, self.trajectory.shape[0] - 1)
 
     def latent_at(self, sigma: float | torch.Tensor) -> torch.Tensor:
         """The trajectory latent ``[B,C,h,w]`` at ``sigma``; ValueError when sigma is not on the schedule."""
         return self.trajectory[self.checked_index(sigma)]
 
     def content_input_at(self, sigma: float | torch.Tensor) -> torch.Tensor:
-        """The content row's input at sampling sigma ``sigma``: the latent the inversion fed the UNet there.
-
-        Inversion step ``x_{i} -> x_{i+1}`` evaluates the UNet on ``x_i`` at ``sigma_{i+1}``; the content
-        branch reuses exactly those evaluation points (one DDIM step cleaner than ``x_{i+1}``), so the
-        inversion pass doubles as the content branch and its features can be cached exactly.
-        """
+        """The content row's input at sampling sigma ``sigma``: the inverted latent at that sigma (model space)."""
         return self.trajectory[self.content_index(sigma)]
 
     def nbytes(self) -> int:

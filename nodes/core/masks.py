@@ -2,7 +2,8 @@
 
 A ComfyUI MASK is ``[B,H,W]`` float 0..1 (``[H,W]`` is accepted as a batch of one). DiffStyler
 fuses the style branches' noise predictions by mask (paper Sec. 3.3): later styles win where
-masks overlap, soft masks blend, and outside every mask the content is kept.
+masks overlap, and outside every mask the content is kept. By default masks are hard, as in the released
+pipeline (bilinear to the latent grid, any value above 0 is in); soft masks (area-averaged, blending) are an option.
 """
 
 from __future__ import annotations
@@ -40,12 +41,23 @@ def as_mask_batch(mask: torch.Tensor, name: str) -> torch.Tensor:
     return mask.clamp(0.0, 1.0)
 
 
-def resize_mask_to_latent(mask: torch.Tensor, batch: int, height: int, width: int, name: str) -> torch.Tensor:
-    """Resize a MASK to the latent grid with area averaging: ``[B,H,W]`` -> ``[batch,1,height,width]``.
+MASK_MODES = ("hard", "soft")
+
+
+def resize_mask_to_latent(
+    mask: torch.Tensor, batch: int, height: int, width: int, name: str, mode: str = "soft"
+) -> torch.Tensor:
+    """Resize a MASK to the latent grid: ``[B,H,W]`` -> ``[batch,1,height,width]``.
+
+    ``mode='hard'`` is the released pipeline's rule (design Sec. 5): bilinear interpolation to the latent grid
+    (``align_corners=False``, no antialiasing), then every value above 0 is inside (1) and the rest outside (0).
+    ``mode='soft'`` (an option of ours) area-averages to the latent grid, keeping fractional coverage.
 
     A mask batch of 1 is shared by every latent; otherwise it must equal the latent batch. The
     mask's aspect ratio must match the latent's (within 5%), because stretching would move the region.
     """
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode: expected one of {MASK_MODES}, got {mode!r}")
     mask = as_mask_batch(mask, name)
     mb, mh, mw = mask.shape
     if mb not in (1, batch):
@@ -62,7 +74,11 @@ def resize_mask_to_latent(mask: torch.Tensor, batch: int, height: int, width: in
             "or resize it to the image size"
         )
     m = mask.unsqueeze(1)
-    if (mh, mw) != (height, width):
+    if mode == "hard":
+        if (mh, mw) != (height, width):
+            m = F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False)
+        m = (m > 0).to(torch.float32)
+    elif (mh, mw) != (height, width):
         if mh >= height and mw >= width:
             m = F.adaptive_avg_pool2d(m, (height, width))
         else:
@@ -109,7 +125,8 @@ def fuse(
 
 
 def inside_region(masks: list[torch.Tensor], threshold: float = 0.5) -> torch.Tensor:
-    """Binary ``[B,1,h,w]`` union of the masks (soft union ``1 - prod(1 - m)`` above ``threshold``).
+    """Binary ``[B,1,h,w]`` union of the masks (soft union ``1 - prod(1 - m)`` above ``threshold``; for hard 0/1
+    masks this is their plain union).
 
     Outside this region the exact background keeps the content latent bit for bit.
     """

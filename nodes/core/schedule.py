@@ -70,3 +70,25 @@ def blend_qk_(style: torch.Tensor, content: torch.Tensor, ratio: float) -> None:
         style.copy_(content)
     elif ratio > 0.0:
         style.lerp_(content.to(style.dtype), ratio)
+
+
+# inversion grids (design Sec. 5): the released pipeline inverts on every timestep t = 1, 2, ... (``fine``); the
+# others are cheaper options of ours. The value is the stride between grid timesteps; 0 keeps only the sampling
+# timesteps (the sampler's own schedule). Every grid holds every sampling timestep.
+GRIDS = {"fine": 1, "fine/2": 2, "fine/5": 5, "fine/10": 10, "sampling": 0}
+
+
+def inversion_grid(sampling_timesteps: list[int], grid: str) -> list[int]:
+    """Ascending model timesteps ``[0, ..., t_first]`` the inversion walks (``t_first``: the first, noisiest
+    sampling timestep, where sampling starts; nothing beyond it is needed). 0 is the clean latent's level
+    (alphas_cumprod[0]); then every ``GRIDS[grid]``-th timestep from 1, and every sampling timestep."""
+    if grid not in GRIDS:
+        raise ValueError(f"inversion_grid: expected one of {list(GRIDS)}, got {grid!r}")
+    ts = sorted({int(t) for t in sampling_timesteps if int(t) > 0})
+    if not ts:
+        raise ValueError("inversion: the sampling schedule has no timestep above 0")
+    points = set(ts)
+    stride = GRIDS[grid]
+    if stride:
+        points |= set(range(1, ts[-1] + 1, stride))
+    return [0, *sorted(points)]

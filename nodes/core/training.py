@@ -168,17 +168,16 @@ def init_lora_factors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(down, up)`` for a Linear ``[out, in]`` or 1x1 conv ``[out, in, 1, 1]`` weight (float32, CPU).
 
-    ``down`` (``[rank, in]``, or ``[rank, in, 1, 1]``) is kaiming-uniform (a = sqrt 5, as nn.Linear
-    and PEFT do); ``up`` (``[out, rank]`` / ``[out, rank, 1, 1]``) is zero, so training starts at the
-    base model exactly.
+    ``down`` (``[rank, in]``, or ``[rank, in, 1, 1]``) is drawn from N(0, (1/rank)^2), as the released
+    DiffStyler training does (design Sec. 5; not kaiming-uniform); ``up`` (``[out, rank]`` / ``[out, rank, 1, 1]``)
+    is zero, so training starts at the base model exactly.
     """
     shape = tuple(int(s) for s in weight_shape)
     if len(shape) not in (2, 4) or (len(shape) == 4 and shape[2:] != (1, 1)):
         raise ValueError(f"LoRA target: expected a Linear [out,in] or 1x1 conv weight, got shape {list(shape)}")
     out_f, in_f = shape[0], shape[1]
     tail = shape[2:]
-    down = torch.empty((rank, in_f) + tail, dtype=torch.float32)
-    torch.nn.init.kaiming_uniform_(down, a=math.sqrt(5), generator=generator)
+    down = torch.randn((rank, in_f) + tail, dtype=torch.float32, generator=generator) * (1.0 / rank)
     up = torch.zeros((out_f, rank) + tail, dtype=torch.float32)
     return down, up
 

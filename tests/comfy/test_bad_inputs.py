@@ -85,7 +85,7 @@ def content(tiny):
 
 @pytest.fixture(scope="module")
 def inv(tiny, mods, content, prompts):
-    return mods.inversion.invert(tiny.model, content, STEPS, prompts["empty"], disable_pbar=True)
+    return mods.inversion.invert(tiny.model, content, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
 
 
 @pytest.fixture(scope="module")
@@ -702,7 +702,7 @@ def test_negative_strength_subtracts_the_lora(tiny, mods, inv, prompts, loras, s
 
 
 def test_one_step_runs_and_barely_changes_the_image(tiny, mods, content, prompts, loras, stays_clean):
-    one = mods.inversion.invert(tiny.model, content, 1, prompts["empty"], disable_pbar=True)
+    one = mods.inversion.invert(tiny.model, content, 1, prompts["empty"], disable_pbar=True, grid="sampling")
     assert one.sigmas.shape == (2,) and float(one.sigmas[0]) < 0.05  # ddim_uniform, 1 step: sigma[t=1] -> 0
     styles = add_style(mods, prompts["style"], torch.ones(1, 64, 64), lora=loras["good"])
     out = sample(mods, inject(mods, stays_clean, tiny.model, styles), one, prompts, styles)
@@ -729,7 +729,7 @@ def test_latent_batch_of_four(tiny, mods, prompts, loras, stays_clean):
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         lat = tiny.vae.encode(torch.rand(4, 64, 64, 3, generator=g)).float()
-    inv4 = mods.inversion.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True)
+    inv4 = mods.inversion.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
     masks = torch.zeros(4, 64, 64)
     for i in range(4):
         masks[i, 16 * i : 16 * i + 16, :] = 1  # a different band per image
@@ -741,7 +741,7 @@ def test_latent_batch_of_four(tiny, mods, prompts, loras, stays_clean):
         band[2 * i : 2 * i + 2] = True
         assert torch.equal(out[i][:, ~band], lat[i][:, ~band]), f"image {i}: outside its mask = content"
         assert not torch.allclose(out[i][:, band], lat[i][:, band])
-    one = mods.inversion.invert(tiny.model, lat[2:3], STEPS, prompts["empty"], disable_pbar=True)
+    one = mods.inversion.invert(tiny.model, lat[2:3], STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
     single = add_style(mods, prompts["style"], masks[2:3], lora=loras["good"])
     ref = sample(mods, inject(mods, stays_clean, tiny.model, single), one, prompts, single)
     assert float((out[2:3] - ref).abs().max()) <= 1e-4, "a batch item is styled like a batch of one"

@@ -53,7 +53,7 @@ def content(tiny):
 
 @pytest.fixture(scope="module")
 def inverted(tiny, mods, content, prompts):
-    return mods.inv.invert(tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True)
+    return mods.inv.invert(tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
 
 
 def make_styles(mods, items):
@@ -131,7 +131,7 @@ def test_exact_background_bit_for_bit_and_psnr(tiny, mods, prompts):
     g = torch.Generator().manual_seed(11)
     with torch.no_grad():
         lat = tiny.vae.encode(torch.rand(1, 256, 256, 3, generator=g)).float()
-    inverted = mods.inv.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True)
+    inverted = mods.inv.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
     lora = dst_core.random_lora(tiny.model, seed=2)
     mask = torch.zeros(1, 256, 256)
     mask[:, 16:80, 24:88] = 1.0
@@ -383,7 +383,7 @@ def test_other_families_end_to_end(mods, kind):
     cond = dst_tiny.sdxl_conditioning if kind == "sdxl" else dst_tiny.plain_conditioning
     empty, pos, neg = cond(0), cond(1), cond(2)
     lat = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(0))
-    inv = mods.inv.invert(model, lat, 6, empty, disable_pbar=True)
+    inv = mods.inv.invert(model, lat, 6, empty, disable_pbar=True, grid="sampling")
     lora = dst_core.random_lora(model, seed=6)
     mask = torch.zeros(1, 64, 96)
     mask[:, :, :48] = 1
@@ -496,8 +496,10 @@ def test_feature_cache_equals_content_row(tiny, mods, content, prompts, k):
     import comfy.patcher_extension
 
     lat = content[1]
-    plain = mods.inv.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True)
-    cached = mods.inv.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, cache_dtype="fp32")
+    plain = mods.inv.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
+    cached = mods.inv.invert(
+        tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, cache_dtype="fp32", grid="sampling"
+    )
     assert torch.equal(plain.trajectory, cached.trajectory) or torch.allclose(
         plain.trajectory, cached.trajectory, atol=1e-6
     )
@@ -520,7 +522,9 @@ def test_feature_cache_equals_content_row(tiny, mods, content, prompts, k):
     b = run(mods, patched, cached, prompts, styles)
     assert rows == [2 * k] * STEPS, "with the cache no call carries a content row"
     diff = float((a - b).abs().max())
-    fp16 = mods.inv.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, cache_dtype="fp16")
+    fp16 = mods.inv.invert(
+        tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, cache_dtype="fp16", grid="sampling"
+    )
     c = run(mods, patched, fp16, prompts, styles)
     print(
         f"\nfeature cache k={k}: fp32 max |diff| {diff:.2e}, fp16 max |diff| {float((a - c).abs().max()):.2e}; "
@@ -726,13 +730,15 @@ def test_fast_paths_equal_the_general_paths(tiny, mods, content, prompts, monkey
     """The per-layer fast paths (each style's LoRA as matmuls into views of the layer's output, k styles in one
     batched pair; Q/K and ResBlock injection in place on the injected rows) give what the general paths (gathers
     and scatters by row index) give, with and without the content-feature cache."""
-    inv = mods.inv.invert(tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True, cache_dtype="fp32")
+    inv = mods.inv.invert(
+        tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True, cache_dtype="fp32", grid="sampling"
+    )
     if not cache:
-        inv = mods.inv.invert(tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True)
+        inv = mods.inv.invert(tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
     styles = k_styles(mods, tiny, prompts, k)
     patched = inject(mods, tiny.model, styles, 0.6, 0.5)
     taken = {"plan": 0, "span": 0}
-    plan, span = mods.patches.RowLoRAMixin._ds_plan, mods.patches.inject_span
+    plan, span, group = mods.patches.RowLoRAMixin._ds_plan, mods.patches.inject_span, mods.patches.inject_group
 
     def spy_plan(self, layout, x):
         out = plan(self, layout, x)
@@ -744,12 +750,20 @@ def test_fast_paths_equal_the_general_paths(tiny, mods, content, prompts, monkey
         taken["span"] += out is not None
         return out
 
+    def spy_group(*a):
+        out = group(*a)
+        taken["span"] += out is not None
+        return out
+
     monkeypatch.setattr(mods.patches.RowLoRAMixin, "_ds_plan", spy_plan)
     monkeypatch.setattr(mods.patches, "inject_span", spy_span)
+    monkeypatch.setattr(mods.patches, "inject_group", spy_group)
     fast = run(mods, patched, inv, prompts, styles)
-    assert taken["plan"] > 0 and taken["span"] == 6, taken  # 6 of 10 steps inside the injection windows
+    # 6 of 10 steps inside the ResBlock window, 5 inside the Q/K window: one in-place plan for each
+    assert taken["plan"] > 0 and taken["span"] == 11, taken
     monkeypatch.setattr(mods.patches.RowLoRAMixin, "_ds_plan", lambda self, layout, x: None)
     monkeypatch.setattr(mods.patches, "inject_span", lambda *a: None)
+    monkeypatch.setattr(mods.patches, "inject_group", lambda *a: None)
     general = run(mods, patched, inv, prompts, styles)
     diff = float((fast - general).abs().max())
     print(f"\nfast vs general per-layer paths, k={k}, cache={cache}: max |diff| {diff:.2e}")
@@ -787,7 +801,7 @@ def test_kernels_per_unet_call_do_not_grow_with_k(tiny, mods, content, prompts):
     styles' as one batched pair), two per Q/K-injected attention layer and one for the ResBlock, whatever k is:
     the per-kernel cost is what bounds a fast GPU at small sizes. (ComfyUI's own per-cond bookkeeping around the
     call and the masked fusion grow with k; the whole-step counts are printed.)"""
-    inv = mods.inv.invert(tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True)
+    inv = mods.inv.invert(tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
     xt = x_t(mods, tiny, inv)
     plain_unet, plain_all = kernel_count(), kernel_count()
     plain = counting_unet(tiny.model, plain_unet)

@@ -60,7 +60,7 @@ def content(tiny):
 
 @pytest.fixture(scope="module")
 def inverted(tiny, mods, content, prompts):
-    return mods.inversion.invert(tiny.model, content, STEPS, prompts["empty"], disable_pbar=True)
+    return mods.inversion.invert(tiny.model, content, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +121,10 @@ def test_interrupt_during_inversion(tiny, mods, content, prompts, inverted, inte
     counted = tiny.model.clone()
     calls = arm(trigger, interrupter, counted)
     with pytest.raises(comfy.model_management.InterruptProcessingException):
-        mods.inversion.invert(counted, content, STEPS, prompts["empty"], disable_pbar=True)
+        mods.inversion.invert(counted, content, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
     assert interrupter.fired and interrupter.calls_after <= 1, (len(calls), interrupter.calls_after)
     assert len(calls) <= AT + 1 < STEPS
-    again = mods.inversion.invert(tiny.model, content, STEPS, prompts["empty"], disable_pbar=True)
+    again = mods.inversion.invert(tiny.model, content, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
     assert torch.equal(again.trajectory, inverted.trajectory)
 
 

@@ -28,24 +28,10 @@ def content_latent(tiny, h=64, w=64, batch=1, seed=0):
 
 
 def ddim_sample_from(model, x_t_latent, steps, cond, cfg=1.0):
-    import nodes
+    """Plain DDIM back from the inverted start, with the released last step (to alphas_cumprod[0])."""
+    import dst_core
 
-    (out,) = nodes.common_ksampler(
-        model,
-        0,
-        steps,
-        cfg,
-        "ddim",
-        "ddim_uniform",
-        cond,
-        cond,
-        {"samples": x_t_latent},
-        disable_noise=True,
-        start_step=0,
-        last_step=steps,
-        force_full_denoise=True,
-    )
-    return out["samples"]
+    return dst_core.plain_ddim(model, x_t_latent, steps, cond, cond, cfg)
 
 
 def rel_err(a, b):
@@ -56,7 +42,7 @@ def test_reconstruction_10_and_50_steps(tiny, inv_mod, empty_cond):
     lat = content_latent(tiny)
     errs = {}
     for steps in (10, 50):
-        res = inv_mod.invert(tiny.model, lat, steps, empty_cond, disable_pbar=True)
+        res = inv_mod.invert(tiny.model, lat, steps, empty_cond, disable_pbar=True, grid="sampling")
         x_t = inv_mod.latent_out(tiny.model, res.trajectory[0])
         rec = ddim_sample_from(tiny.model, x_t, steps, empty_cond)
         errs[steps] = rel_err(rec, lat)
@@ -70,13 +56,45 @@ def test_reconstruction_10_and_50_steps(tiny, inv_mod, empty_cond):
 
 def test_batch_and_non_square(tiny, inv_mod, empty_cond):
     lat = content_latent(tiny, h=64, w=96, batch=2, seed=3)
-    res = inv_mod.invert(tiny.model, lat, 20, empty_cond, disable_pbar=True)
+    res = inv_mod.invert(tiny.model, lat, 20, empty_cond, disable_pbar=True, grid="sampling")
     assert res.trajectory.shape == (21, 2, 4, 8, 12)
     rec = ddim_sample_from(tiny.model, inv_mod.latent_out(tiny.model, res.trajectory[0]), 20, empty_cond)
     assert rel_err(rec[0], lat[0]) < 5e-3 and rel_err(rec[1], lat[1]) < 5e-3
     # the two batch items invert independently
-    single = inv_mod.invert(tiny.model, lat[1:2], 20, empty_cond, disable_pbar=True)
+    single = inv_mod.invert(tiny.model, lat[1:2], 20, empty_cond, disable_pbar=True, grid="sampling")
     assert torch.allclose(single.trajectory[:, 0], res.trajectory[:, 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("grid,rows", [("fine", 901), ("fine/10", 91), ("sampling", 10)])
+def test_grids_rows_and_reconstruction(tiny, inv_mod, empty_cond, grid, rows):
+    """Each grid walks t = 1 .. the first sampling timestep (901 for 10 steps) at its stride, keeps the latents at
+    the sampling timesteps only, and plain DDIM from its start gives the content back."""
+    lat = content_latent(tiny)
+    res = inv_mod.invert(tiny.model, lat, 10, empty_cond, disable_pbar=True, grid=grid)
+    assert res.unet_rows == rows and res.grid == grid
+    assert res.trajectory.shape == (11, 1, 4, 8, 8)  # 10 sampling timesteps + the clean latent, not 901
+    rec = ddim_sample_from(tiny.model, inv_mod.latent_out(tiny.model, res.trajectory[0]), 10, empty_cond)
+    err = rel_err(rec, lat)
+    print(f"\ninversion grid {grid}: {rows} UNet rows, reconstruction rel. error {err:.2e}")
+    assert err < 2e-2
+
+
+def test_progress_bar_honours_comfy_setting(tiny, inv_mod, empty_cond, capsys):
+    """ComfyUI's --disable-progress-bars (PROGRESS_BAR_ENABLED false) silences the inversion's console bar."""
+    import comfy.utils
+
+    lat = content_latent(tiny)
+    old = comfy.utils.PROGRESS_BAR_ENABLED
+    try:
+        comfy.utils.PROGRESS_BAR_ENABLED = False
+        capsys.readouterr()
+        inv_mod.invert(tiny.model, lat, 3, empty_cond, grid="sampling")
+        assert "it/s" not in capsys.readouterr().err
+        comfy.utils.PROGRESS_BAR_ENABLED = True
+        inv_mod.invert(tiny.model, lat, 3, empty_cond, grid="sampling")
+        assert "3/3" in capsys.readouterr().err
+    finally:
+        comfy.utils.PROGRESS_BAR_ENABLED = old
 
 
 def test_sigmas_are_the_samplers(tiny, inv_mod, empty_cond):
@@ -84,7 +102,7 @@ def test_sigmas_are_the_samplers(tiny, inv_mod, empty_cond):
 
     lat = content_latent(tiny)
     for steps in (1, 7, 50):
-        res = inv_mod.invert(tiny.model, lat, steps, empty_cond, disable_pbar=True)
+        res = inv_mod.invert(tiny.model, lat, steps, empty_cond, disable_pbar=True, grid="sampling")
         ks = comfy.samplers.KSampler(tiny.model, steps=steps, device="cpu", sampler="ddim", scheduler="ddim_uniform")
         assert res.sigmas.shape == ks.sigmas.shape  # ddim_uniform may add a step (7 -> 8)
         assert torch.equal(res.sigmas, ks.sigmas.cpu().float())
@@ -95,7 +113,7 @@ def test_mismatched_reuse_names_what_differs(tiny, inv_mod, empty_cond):
     import dst_tiny
 
     lat = content_latent(tiny)
-    res = inv_mod.invert(tiny.model, lat, 10, empty_cond, disable_pbar=True)
+    res = inv_mod.invert(tiny.model, lat, 10, empty_cond, disable_pbar=True, grid="sampling")
     sig10 = inv_mod.sampling_sigmas(tiny.model, 10)
     inv_mod.check_inversion(res, tiny.model, sig10, lat.shape)  # same: fine
     inv_mod.check_inversion(res, tiny.model.clone(), sig10, lat.shape)  # a clone is the same model

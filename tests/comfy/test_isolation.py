@@ -91,7 +91,7 @@ def one_style_inputs(tiny, mask, lora_seed):
     empty, cond, neg = enc(""), enc("painting of <sss>"), enc("ugly")
     with torch.no_grad():
         lat = tiny.vae.encode(torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2))).float()
-    inv = inversion.invert(tiny.model, lat, STEPS, empty, disable_pbar=True)
+    inv = inversion.invert(tiny.model, lat, STEPS, empty, disable_pbar=True, grid="sampling")
     styles = style.DiffStylerStyleLoRA.execute(
         "None", 1.0, cond, mask, lora=dst_core.random_lora(tiny.model, seed=lora_seed)
     ).args[0]
@@ -168,14 +168,16 @@ def test_feature_cache_under_another_packs_per_layer_replace(tiny, pack):
     base = tiny.model.clone()
     base.set_model_attn1_replace(other_pack, "output", 5, 0)
     empty = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(""))
-    cached = inversion.invert(base, inv.content_latent, STEPS, empty, disable_pbar=True, cache_dtype="fp32")
+    cached = inversion.invert(
+        base, inv.content_latent, STEPS, empty, disable_pbar=True, cache_dtype="fp32", grid="sampling"
+    )
     assert len(seen) == STEPS, "the other pack's replace runs during the inversion too"
     assert all((5, 0) in cached.feature_cache.qk[j] for j in cached.feature_cache.qk), "layer (5, 0) recorded"
     patched = inject.DiffStylerCrossLoRAInjector.execute(base, styles, 0.6, 0.5, "adaptive", True).args[0]
     seen.clear()
     a = sample.DiffStylerMaskedFusionSampler.execute(patched, cached, cond, neg, 6.0, "exact", styles).args[0]
     assert len(seen) == STEPS
-    plain = inversion.invert(base, inv.content_latent, STEPS, empty, disable_pbar=True)
+    plain = inversion.invert(base, inv.content_latent, STEPS, empty, disable_pbar=True, grid="sampling")
     b = sample.DiffStylerMaskedFusionSampler.execute(patched, plain, cond, neg, 6.0, "exact", styles).args[0]
     assert float((a["samples"] - b["samples"]).abs().max()) <= 1e-4
 

@@ -91,6 +91,7 @@ def queue_workflow(infos: dict) -> dict:
         wt.set_widget(infos, n, "image", "content.png")
     for n in wt.nodes_of_type(wf, "DiffStylerInvert"):
         wt.set_widget(infos, n, "steps", 4)
+        wt.set_widget(infos, n, "inversion_grid", "sampling")  # the sampler's own steps: fast on the tiny model
     for n in wt.nodes_of_type(wf, "DiffStylerFastSAMMask"):
         wt.set_widget(infos, n, "imgsz", 256)
         wt.set_widget(infos, n, "mode", "everything")

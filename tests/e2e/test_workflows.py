@@ -80,6 +80,7 @@ def tiny_workflow(name: str, infos: dict, steps: int = 4) -> dict:
             wt.set_widget(infos, t, key, value)
     for n in wt.nodes_of_type(wf, "DiffStylerInvert"):
         wt.set_widget(infos, n, "steps", steps)
+        wt.set_widget(infos, n, "inversion_grid", "sampling")  # the sampler's own steps: fast on the tiny model
     h, w = CONTENT
     for i, n in enumerate(wt.nodes_of_type(wf, "DiffStylerFastSAMMask")):
         wt.set_widget(infos, n, "imgsz", IMGSZ)

@@ -55,23 +55,33 @@ def random_lora(model, rank: int = 4, seed: int = 0, fmt: str = "kohya", scale: 
     return out
 
 
-def plain_ddim(model, x_t_latent, steps, positive, negative, cfg):
-    """Core DDIM sampling (KSamplerAdvanced semantics, no added noise) from an inverted latent."""
-    import nodes
+def plain_ddim(model, x_t_latent, steps, positive, negative, cfg, last: str = "released"):
+    """Core DDIM sampling (ComfyUI's "ddim" sampler, no added noise) from an inverted latent on ddim_uniform.
 
-    (out,) = nodes.common_ksampler(
+    ``last='released'``: the last step goes to the model's smallest sigma (alphas_cumprod[0], as the released
+    DiffStyler's diffusers DDIM with set_alpha_to_one false) and the result is that VP latent ``x * sqrt(alpha)``;
+    ``last='zero'``: ComfyUI's own schedule down to sigma 0 (KSamplerAdvanced).
+    """
+    import comfy.sample
+    import comfy.samplers
+
+    ms = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(ms, "ddim_uniform", steps).cpu()
+    smin = float(ms.sigma_min)
+    if last == "released":
+        sigmas[-1] = smin
+    out = comfy.sample.sample_custom(
         model,
-        0,
-        steps,
+        torch.zeros_like(x_t_latent),
         cfg,
-        "ddim",
-        "ddim_uniform",
+        comfy.samplers.sampler_object("ddim"),
+        sigmas,
         positive,
         negative,
-        {"samples": x_t_latent},
-        disable_noise=True,
-        start_step=0,
-        last_step=steps,
-        force_full_denoise=True,
+        x_t_latent,
+        disable_pbar=True,
+        seed=0,
     )
-    return out["samples"]
+    if last == "released":
+        out = out / math.sqrt(1.0 + smin * smin)
+    return out

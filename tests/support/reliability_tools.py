@@ -73,10 +73,16 @@ def write_two_style_inputs(home, model, size: int = 64) -> None:
 
 
 def two_style_prompt(
-    checkpoint: str, steps: int = 4, cfg: float = 10.5, strength2: float = 0.8, save: bool = False
+    checkpoint: str,
+    steps: int = 4,
+    cfg: float = 10.5,
+    strength2: float = 0.8,
+    save: bool = False,
+    grid: str = "sampling",
 ) -> dict:
     """test_graph_two_styles' graph: checkpoint -> VAE Encode -> DDIM Inversion -> two Style LoRA Loaders ->
-    Injector -> Masked Feature Fusion Sampler -> VAE Decode -> Preview/Save Image. Node "15" is the sampler."""
+    Injector -> Masked Feature Fusion Sampler -> VAE Decode -> Preview/Save Image. Node "15" is the sampler.
+    ``grid``: the inversion grid (the sampler's own steps by default, for speed; the node's default is fine)."""
 
     def enc(text):
         return {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}}
@@ -96,7 +102,7 @@ def two_style_prompt(
         "4": {"class_type": "VAEEncode", "inputs": {"pixels": ["3", 0], "vae": ["2", 0]}},
         "5": {
             "class_type": "DiffStylerInvert",
-            "inputs": {"model": ["1", 0], "latent": ["4", 0], "steps": steps, "clip": ["1", 1]},
+            "inputs": {"model": ["1", 0], "latent": ["4", 0], "steps": steps, "clip": ["1", 1], "inversion_grid": grid},
         },
         "6": enc("painting of <sss>, deer"),
         "7": enc("sketch of <ttt>, grass"),
