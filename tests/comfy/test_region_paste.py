@@ -20,7 +20,6 @@ import numpy as np
 import photo_fixtures as pf
 import pytest
 import scipy.ndimage
-import torch
 import workflow_tools as wt
 from PIL import Image
 
@@ -108,19 +107,6 @@ def _png(home, result, node_id) -> np.ndarray:
         return np.asarray(im).astype(np.int16)
 
 
-def expected_region(mask_png: np.ndarray, height: int, width: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """The region at picture size (bool [H,W], False in VAE Encode's border) and the crop (x, y, w, h).
-
-    Like the sampler, the whole mask (the picture's size) is resized onto the latent of the crop."""
-    cw, ch = width // 8 * 8, height // 8 * 8
-    x, y = (width % 8) // 2, (height % 8) // 2
-    m = torch.from_numpy(mask_png[..., 0].astype(np.float32) / 255.0)
-    cells = torch.nn.functional.interpolate(m[None, None], size=(ch // 8, cw // 8), mode="bilinear") > 0
-    full = np.zeros((height, width), bool)
-    full[y : y + ch, x : x + cw] = np.kron(cells[0, 0].numpy(), np.ones((8, 8), bool))
-    return full, (x, y, cw, ch)
-
-
 @pytest.fixture(scope="module")
 def infos(comfy_home):
     return wt.object_info()
@@ -150,7 +136,7 @@ def test_original_pixels_outside_the_region_bit_for_bit(size, infos, tiny, comfy
     original = photo.astype(np.int16)
     assert out.shape == original.shape, "the output keeps the picture's original size"
 
-    region, (x, y, cw, ch) = expected_region(union, height, width)
+    region, (x, y, cw, ch) = pf.region_like_sampler([union[..., 0] / 255.0], height, width)
     assert decoded.shape == (ch, cw, 3), "VAE Encode cropped the picture to multiples of 8"
     dist = scipy.ndimage.distance_transform_edt(~region)
     outside = dist >= FEATHER

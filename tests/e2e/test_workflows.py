@@ -17,8 +17,10 @@ from pathlib import Path
 import dst_core
 import fastsam_fixtures as ff
 import numpy as np
+import photo_fixtures as pf
 import pytest
 import safetensors.torch
+import scipy.ndimage
 import workflow_tools as wt
 from PIL import Image
 
@@ -32,7 +34,7 @@ SHIPPED = {
 PLACEHOLDERS = ("v1-5-pruned-emaonly.safetensors", "my_style.safetensors", "FastSAM-s.pt")
 FASTSAM = "wf_fastsam_dense.pt"
 LORAS = ("wf_style_1.safetensors", "wf_style_2.safetensors")
-CONTENT = (96, 128)  # height, width: FastSAM letterboxes it to imgsz 128
+CONTENT = (101, 133)  # height, width (odd: VAE Encode crops to 96x128); FastSAM letterboxes it to imgsz 128
 IMGSZ = 128
 
 
@@ -63,7 +65,7 @@ def assets(tiny, comfy_home):
             dst_core.random_lora(tiny.model, seed=60 + i), str(comfy_home.models / "loras" / name)
         )
     ff.save_fastsam(comfy_home.models / "fastsam" / FASTSAM, seed=0, class_bias=2.0)
-    Image.fromarray(ff.scene(*CONTENT, seed=3)).save(comfy_home.input / "wf_content.png")
+    Image.fromarray(pf.photo(*CONTENT, seed=3)).save(comfy_home.input / "wf_content.png")
     Image.fromarray(ff.scene(64, 64, seed=4)).save(comfy_home.input / "wf_style.png")
     return comfy_home
 
@@ -115,9 +117,31 @@ def test_workflow_file_is_sound(name, infos):
     assert {wt.get_widget(infos, f, "model_name") for f in wt.nodes_of_type(wf, "DiffStylerFastSAMLoader")} == {
         PLACEHOLDERS[2]
     }
-    assert wt.nodes_of_type(wf, "SaveImage"), "the result is saved"
+    assert_pastes_the_original_outside(wf, infos)
     prompt = wt.ui_to_api(wf, infos)
     assert not {v["class_type"] for v in prompt.values()} & set(wt.NOTE_TYPES)
+
+
+def assert_pastes_the_original_outside(wf: dict, infos: dict) -> None:
+    """Save Image <- Image Composite Masked (destination: the content picture, source: VAE Decode of the sampler)
+    <- Region Mask (DiffStyler) of the sampler's styles, keep_original on (issue #18)."""
+    (save,) = wt.nodes_of_type(wf, "SaveImage")
+    comp = wt.upstream(wf, save, "images")[0]
+    assert comp["type"] == "ImageCompositeMasked" and wt.get_widget(infos, comp, "resize_source") is False
+    dec = wt.upstream(wf, comp, "source")[0]
+    assert dec["type"] == "VAEDecode" and wt.upstream(wf, dec, "samples")[0]["type"] == "DiffStylerMaskedFusionSampler"
+    (enc,) = wt.nodes_of_type(wf, "VAEEncode")
+    content = wt.upstream(wf, enc, "pixels")[0]
+    assert wt.upstream(wf, comp, "destination")[0] is content
+    region = wt.upstream(wf, comp, "mask")[0]
+    assert region["type"] == "DiffStylerRegionMask"
+    assert [wt.upstream(wf, comp, k) for k in ("x", "y")] == [(region, 1), (region, 2)]
+    assert wt.upstream(wf, region, "image")[0] is content
+    assert wt.upstream(wf, region, "vae") == wt.upstream(wf, dec, "vae")
+    sampler = wt.upstream(wf, dec, "samples")[0]
+    assert wt.upstream(wf, region, "styles") == wt.upstream(wf, sampler, "styles")
+    assert wt.get_widget(infos, sampler, "background") == "exact"
+    assert wt.get_widget(infos, region, "keep_original") is True and wt.get_widget(infos, region, "feather") > 0
 
 
 def test_two_styles_is_the_deer_and_grass_demo(infos):
@@ -225,12 +249,22 @@ def test_workflow_runs_headless(name, infos, assets, run_graph):
     assert len(files) == 1
     out = assets.output / files[0].get("subfolder", "") / files[0]["filename"]
     with Image.open(out) as im:
-        assert im.size == (CONTENT[1], CONTENT[0])
-        pixels = np.asarray(im.convert("RGB"), dtype=np.float32)
+        assert im.size == (CONTENT[1], CONTENT[0]), "the picture's original size, not VAE Encode's crop"
+        pixels = np.asarray(im.convert("RGB"))
     assert pixels.std() > 1.0, "a picture, not a flat fill"
+    masks = []
     for mask_node in wt.nodes_of_type(wf, "DiffStylerFastSAMMask"):
         mask = result.outputs(str(mask_node["id"]))[0][0]
         assert tuple(mask.shape) == (1, *CONTENT) and float(mask.min()) >= 0 and float(mask.max()) <= 1
+        masks.append(mask[0].numpy())
+    # outside the styled region grown by the feather width: the content picture, bit for bit
+    region, _ = pf.region_like_sampler(masks, *CONTENT)
+    (region_node,) = wt.nodes_of_type(wf, "DiffStylerRegionMask")
+    feather = wt.get_widget(infos, region_node, "feather")
+    outside = scipy.ndimage.distance_transform_edt(~region) >= feather
+    assert outside.mean() > 0.2
+    np.testing.assert_array_equal(pixels[outside], pf.photo(*CONTENT, seed=3)[outside])
+    assert (pixels[region] != pf.photo(*CONTENT, seed=3)[region]).any(), "the region is restyled"
     for trainer in wt.nodes_of_type(wf, "DiffStylerTrainStyleLoRA"):
         lora = result.outputs(str(trainer["id"]))[0][0]
         assert lora and all(k.startswith("lora_unet_") for k in lora)

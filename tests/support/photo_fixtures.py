@@ -60,3 +60,20 @@ def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
                 if rng.random() < 0.5:
                     img[y0 + 4, x : x + 5] = 20
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def region_like_sampler(masks: list[np.ndarray], height: int, width: int, ratio: int = 8):
+    """The region the sampler restyles, at picture size: bool ``[H,W]`` (False in VAE Encode's border), and the
+    crop ``(x, y, width, height)``. ``masks`` are float 0..1 ``[H,W]`` at the picture's size; like the sampler, each
+    whole mask is resized bilinearly onto the latent of the crop and any value above 0 is in."""
+    import torch
+
+    cw, ch = width // ratio * ratio, height // ratio * ratio
+    x, y = (width % ratio) // 2, (height % ratio) // 2
+    cells = np.zeros((ch // ratio, cw // ratio), bool)
+    for m in masks:
+        t = torch.from_numpy(np.asarray(m, np.float32))[None, None]
+        cells |= (torch.nn.functional.interpolate(t, size=cells.shape, mode="bilinear") > 0)[0, 0].numpy()
+    full = np.zeros((height, width), bool)
+    full[y : y + ch, x : x + cw] = np.kron(cells, np.ones((ratio, ratio), bool))
+    return full, (x, y, cw, ch)
