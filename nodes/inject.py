@@ -90,8 +90,8 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
             if s.lora is None or s.strength == 0:
                 deltas.append({})
                 continue
-            p = lora_file.unet_patches(s.lora, model, f"style {i} LoRA ({s.name})")
-            deltas.append(lora_file.layer_deltas(p, model, s.strength, f"style {i} LoRA ({s.name})"))
+            p = lora_file.unet_patches(s.lora, model, f"style {i + 1} LoRA ({s.name})")
+            deltas.append(lora_file.layer_deltas(p, model, s.strength, f"style {i + 1} LoRA ({s.name})"))
         settings = {
             "feature_injection_end": float(feature_injection_end),
             "qk_injection_end": float(qk_injection_end),

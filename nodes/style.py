@@ -70,7 +70,7 @@ class DiffStylerStyleLoRA(io.ComfyNode):
             sd, name = lora_file.load_lora_file(lora_name), lora_name
         else:
             sd, name = None, "prompt only"
-        mask = as_mask_batch(mask, f"style {len(styles or [])} ({name}) mask")
+        mask = as_mask_batch(mask, f"style {len(styles or []) + 1} ({name}) mask")
         if not conditioning:
             raise ValueError("conditioning: empty CONDITIONING: connect a CLIP Text Encode of the style's prompt")
         style = Style(
