@@ -275,10 +275,11 @@ def test_workflow_runs_headless(name, infos, assets, run_graph):
 # ------------------------------------------------------------------ the runner
 
 
-def _runner(args: list[str], tmp_path: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+def _runner(args: list[str], tmp_path: Path, timeout: float = 900, env: dict | None = None):
     import conftest
 
-    env = dict(os.environ, COMFYUI_PATH=str(conftest.COMFYUI), YOLO_CONFIG_DIR=str(tmp_path / "yolo"))
+    env = env or dict(os.environ, YOLO_CONFIG_DIR=str(tmp_path / "yolo"))
+    env["COMFYUI_PATH"] = str(conftest.COMFYUI)
     return subprocess.run(
         [sys.executable, str(RUNNER), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -302,7 +303,131 @@ def test_runner_readme_command_demo_mode(comfy_home, tmp_path, photo):
     with Image.open(out) as im:
         assert im.size == (256, 192), "demo mode shrinks the picture to 256 on the long side"
         saved = json.loads(im.info["workflow"])
+        prompt = json.loads(im.info["prompt"])
     assert {n["type"] for n in saved["nodes"]} >= {"DiffStylerMaskedFusionSampler", "DiffStylerTestTinyVAE"}
+    # demo mode prints only what is true and useful (issue #18)
+    for noise in ("No VAE weights detected", "Overriding model.yaml", "Ultralytics Settings", "skipped"):
+        assert noise not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    # every style has a region of its own, and the FastSAM Mask nodes still run (into a Preview Mask)
+    by_id = prompt
+    styles = [v for v in by_id.values() if v["class_type"] == "DiffStylerStyleLoRA"]
+    assert len(styles) == 2
+    masks = [by_id[s["inputs"]["mask"][0]]["inputs"]["image"] for s in styles]
+    assert masks == ["demo_region_1.png", "demo_region_2.png"]
+    assert sum(v["class_type"] == "MaskPreview" for v in by_id.values()) == 2
+    assert "style 1, 2 get an oval region of their own" in proc.stdout
+
+
+def _runner_module():
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location("diffstyler_run_under_test", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_runner_ranges_are_the_node_inputs_ranges(infos):
+    """Every number the runner takes is range-checked with the limits of the node input it goes to."""
+    runner = _runner_module()
+    targets = {
+        "--steps": ("DiffStylerInvert", "steps"),
+        "--cfg": ("DiffStylerMaskedFusionSampler", "cfg"),
+        "--imgsz": ("DiffStylerFastSAMMask", "imgsz"),
+        "--train-steps": ("DiffStylerTrainStyleLoRA", "steps"),
+        "--train-resolution": ("DiffStylerTrainStyleLoRA", "resolution"),
+        "--seed": ("DiffStylerTrainStyleLoRA", "seed"),
+        "--feather": ("DiffStylerRegionMask", "feather"),
+    }
+    assert set(targets) | {"--max-size"} == set(runner.RANGES)
+    for flag, (node, name) in targets.items():
+        spec = wt._spec(infos[node], name)[1]
+        assert runner.RANGES[flag][:2] == (spec["min"], spec["max"]), flag
+
+
+BAD_NUMBERS = [
+    (["--steps", "0"], "--steps: expected 1 to 1000, got 0"),
+    (["--steps", "100000"], "--steps: expected 1 to 1000, got 100000"),
+    (["--cfg", "-5"], "--cfg: expected 0.0 to 100.0, got -5.0"),
+    (["--cfg", "nan"], "--cfg: expected a number from 0.0 to 100.0, got nan"),
+    (["--imgsz", "100"], "--imgsz: expected a multiple of 32, got 100 (e.g. 96)"),
+    (["--max-size", "4"], "--max-size: expected 8 to 16384, got 4"),
+    (["--train-steps", "0"], "--train-steps: expected 1 to 100000, got 0"),
+    (["--train-resolution", "9000"], "--train-resolution: expected 64 to 4096, got 9000"),
+    (["--seed", "-1"], "--seed: expected 0 to 18446744073709551615, got -1"),
+    (["--feather", "999"], "--feather: expected 0 to 256, got 999"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_NUMBERS, ids=[" ".join(b[0]) for b in BAD_NUMBERS])
+def test_runner_refuses_bad_numbers_before_anything_loads(tmp_path, photo, extra, message):
+    out = tmp_path / "out.png"
+    proc = _runner(["--workflow", "one_style", "--image", str(photo), "--output", str(out), *extra], tmp_path, 120)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {message}", proc.stderr
+    assert proc.stdout == "", "refused before ComfyUI loads (it prints a line when it starts the workflow)"
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 7), (300, 7)])
+def test_runner_refuses_pictures_below_the_vae_cell_at_once(tmp_path, size):
+    path = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(path)
+    out = tmp_path / "out.png"
+    proc = _runner(["--workflow", "one_style", "--image", str(path), "--output", str(out)], tmp_path, 300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--image: {path} is {size[0]}x{size[1]} pixels, smaller than the 8x8 the VAE encodes" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_runner_reports_every_missing_file_in_one_message(tmp_path, photo):
+    out = tmp_path / "out.png"
+    args = ["--workflow", "two_styles", "--image", str(photo), "--output", str(out), "--style-image", "nope.png"]
+    args += ["--checkpoint", "no_such_model.safetensors", "--fastsam", "no_fastsam.pt", "--lora", "none"]
+    args += ["--lora", "no_style.safetensors", "--clip-folder", "no_clip"]
+    proc = _runner(args, tmp_path, 300)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == "error: 5 named file(s) not found:", proc.stderr
+    body = "\n".join(lines[1:])
+    for text in (
+        "--style-image: nope.png does not exist",
+        "--checkpoint: no_such_model.safetensors is neither a file nor in ",
+        "--lora for style 2: no_style.safetensors is neither a file nor in ",
+        "--fastsam: no_fastsam.pt is neither a file nor in ",
+        "--clip-folder: no_clip is neither a file nor in ",
+    ):
+        assert text in body, proc.stderr
+    assert "style 1" not in body, "'none' is a prompt-only style, not a file"
+
+
+@pytest.mark.slow
+def test_runner_says_a_skipped_style_on_stdout_and_keeps_no_settings_in_home(comfy_home, infos, tmp_path, photo):
+    """Style 1's mask is all zero (a Solid Mask of 0): the run goes on with style 2 and says so on stdout, in the
+    user's numbering. background = model: the runner keeps the whole decoded picture (--keep-original auto). The
+    ultralytics settings file goes to the run's temporary folder, not the user's home."""
+    wf = _load("diffstyler_two_styles.json")
+    first = wt.style_chain(wf)[0]
+    solid = wt.add_node(wf, infos, "SolidMask", (0, 0), [0.0, 256, 192])
+    wt.connect(wf, solid, 0, first, "mask")
+    wt.set_widget(infos, wt.nodes_of_type(wf, "DiffStylerMaskedFusionSampler")[0], "background", "model")
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(wf))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")}
+    env["HOME"] = str(home)
+    out = tmp_path / "out.png"
+    proc = _runner(["--workflow", str(path), "--image", str(photo), "--output", str(out)], tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "note: style 1 (diffstyler_demo_style_1.safetensors) is skipped: its mask is empty" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].endswith("(style 1 skipped; demo mode)")
+    assert "all-zero" not in proc.stderr and "style 0" not in proc.stdout + proc.stderr
+    assert "background model: the whole decoded picture is kept" in proc.stdout
+    with Image.open(out) as im:
+        prompt = json.loads(im.info["prompt"])
+    (region,) = [v for v in prompt.values() if v["class_type"] == "DiffStylerRegionMask"]
+    assert region["inputs"]["keep_original"] is False
+    assert not [p for p in home.rglob("*")], f"files written into the home folder: {list(home.rglob('*'))}"
 
 
 @pytest.mark.slow
