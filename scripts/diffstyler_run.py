@@ -41,6 +41,7 @@ PACK_NAME = "comfyui_diffstyler"
 MASK_OPTIONS = ("--points", "--boxes", "--text", "--mask-everything")
 FATAL = ("is not connected", "unknown node type", "widget values")  # check_workflow problems that stop a run
 MIN_SIDE = 8  # VAE Encode crops to multiples of 8: a side below 8 pixels leaves nothing to encode
+DEMO_MIN_SIDE = 32  # the demo's tiny 32-channel models fail below (GroupNorm over a 1x1 map at their deepest level)
 # Numbers the runner takes: (min, max, multiple of), the ranges of the node inputs they go to
 # (tests/e2e/test_workflows.py keeps them equal to the node schemas).
 RANGES = {
@@ -293,13 +294,20 @@ def save_image(src: Path, dst: Path, max_size: int | None, what: str) -> tuple[f
         raise RunError(f"{what}: cannot read {src} as an image: {e}") from e
     w, h = im.size
     scale = 1.0
-    if max_size and max(w, h) > max_size:
-        scale = max_size / max(w, h)
-        nw, nh = max(8, round(w * scale / 8) * 8), max(8, round(h * scale / 8) * 8)
+    if (w, h) != shrunk_size(w, h, max_size):
+        nw, nh = shrunk_size(w, h, max_size)
         im = im.resize((nw, nh), Image.Resampling.LANCZOS)
         scale = nw / w
     im.save(dst)
     return scale, (w, h)
+
+
+def shrunk_size(w: int, h: int, max_size: int | None) -> tuple[int, int]:
+    """The size save_image gives a ``w x h`` picture: long side ``max_size``, sides multiples of 8."""
+    if not max_size or max(w, h) <= max_size:
+        return w, h
+    scale = max_size / max(w, h)
+    return max(MIN_SIDE, round(w * scale / 8) * 8), max(MIN_SIDE, round(h * scale / 8) * 8)
 
 
 def scaled_prompt(kind: str, text: str, scale: float, size: tuple[int, int], where: str) -> str:
@@ -654,7 +662,7 @@ def check_options(wt, workflow: dict, args) -> None:
             raise RunError(f"{label}: given {len(values)} times but the workflow has {n} style(s)")
 
 
-def check_pictures(args) -> None:
+def check_pictures(args, demo: bool) -> None:
     """The pictures can be read, the content picture is large enough for the VAE, points and boxes fit it."""
     from PIL import Image
 
@@ -671,6 +679,14 @@ def check_pictures(args) -> None:
                 f"{label}: {path} is {size[0]}x{size[1]} pixels, smaller than the {MIN_SIDE}x{MIN_SIDE} the VAE "
                 f"encodes (it crops to multiples of {MIN_SIDE}): give a picture of at least {MIN_SIDE}x{MIN_SIDE}"
             )
+        if label == "--image" and demo:
+            run_size = shrunk_size(*size, args.max_size or demo_mod.MAX_SIZE)
+            if min(run_size) < DEMO_MIN_SIDE:
+                raise RunError(
+                    f"--image: {path} is {size[0]}x{size[1]} pixels, run at {run_size[0]}x{run_size[1]}: demo mode's "
+                    f"tiny models need at least {DEMO_MIN_SIDE} pixels per side; give a picture closer to square or "
+                    "larger, or pass --checkpoint"
+                )
         if label == "--image":
             for i, (kind, text) in enumerate(args.masks):
                 if kind in ("points", "boxes"):
@@ -731,7 +747,7 @@ def run(args) -> int:
             raise RunError(
                 "--lora: demo mode runs a tiny random model that your LoRA files do not fit: pass --checkpoint"
             )
-        check_pictures(args)
+        check_pictures(args, demo_mode)
         if demo_mode:
             quiet_demo(work, args.verbose)
         skipped = report_skipped_styles()

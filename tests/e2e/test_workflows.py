@@ -379,6 +379,20 @@ def test_runner_refuses_pictures_below_the_vae_cell_at_once(tmp_path, size):
     assert proc.stdout == ""
 
 
+@pytest.mark.parametrize("size, run", [((16, 16), (16, 16)), ((400, 20), (256, 16))])
+def test_runner_refuses_pictures_too_small_for_the_demo_models_at_once(tmp_path, size, run):
+    """8x8 is the VAE's cell; the demo's tiny 32-channel models need 32 px per side (a 16x16 picture fails inside
+    their GroupNorm): demo mode says so, naming --image and the size it would run at."""
+    path = tmp_path / "small.png"
+    Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(path)
+    proc = _runner(
+        ["--workflow", "one_style", "--image", str(path), "--output", str(tmp_path / "o.png")], tmp_path, 300
+    )
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    expected = f"--image: {path} is {size[0]}x{size[1]} pixels, run at {run[0]}x{run[1]}: demo mode's tiny models need"
+    assert expected in proc.stderr
+
+
 def test_runner_reports_every_missing_file_in_one_message(tmp_path, photo):
     out = tmp_path / "out.png"
     args = ["--workflow", "two_styles", "--image", str(photo), "--output", str(out), "--style-image", "nope.png"]
