@@ -374,34 +374,43 @@ def set_pictures(wt, infos, wf: dict, args, input_dir: Path, demo: dict | None, 
 
 
 def set_models(wt, infos, wf: dict, args, folder_paths, notes: list) -> None:
-    """Checkpoint, FastSAM and style LoRAs of a real run: the options, else the workflow's names."""
+    """Checkpoint, FastSAM and style LoRAs of a real run: the options, else the workflow's names. Every name that
+    is not found is reported in one message."""
+    problems: list[str] = []
+
+    def resolve(folder: str, value: str, what: str) -> str:
+        try:
+            return model_name(folder_paths, folder, value, what)
+        except RunError as e:
+            problems.append(str(e))
+            return value
+
     for ckpt in wt.nodes_of_type(wf, "CheckpointLoaderSimple"):
         wanted = args.checkpoint or wt.get_widget(infos, ckpt, "ckpt_name")
         listed = folder_paths.get_filename_list("checkpoints")
         if not args.checkpoint and wanted not in listed:
             if len(listed) != 1:
-                raise RunError(
+                problems.append(
                     f"--checkpoint: the workflow's {wanted} is not in models/checkpoints; pass "
                     f"--checkpoint (found: {', '.join(listed)})"
                 )
+                continue
             wanted = listed[0]
             notes.append(f"checkpoint: {wanted} (the only one in models/checkpoints)")
-        wt.set_widget(infos, ckpt, "ckpt_name", model_name(folder_paths, "checkpoints", wanted, "--checkpoint"))
+        wt.set_widget(infos, ckpt, "ckpt_name", resolve("checkpoints", wanted, "--checkpoint"))
     for loader in wt.nodes_of_type(wf, "DiffStylerFastSAMLoader"):
-        wanted = model_name(
-            folder_paths,
-            "fastsam",
-            args.fastsam or wt.get_widget(infos, loader, "model_name"),
-            "--fastsam (FastSAM-s.pt from the FastSAM project, in ComfyUI/models/fastsam)",
-        )
-        wt.set_widget(infos, loader, "model_name", wanted)
+        wanted = args.fastsam or wt.get_widget(infos, loader, "model_name")
+        what = "--fastsam (FastSAM-s.pt from the FastSAM project, in ComfyUI/models/fastsam)"
+        wt.set_widget(infos, loader, "model_name", resolve("fastsam", wanted, what))
     for i, style in enumerate(wt.style_chain(wf)):
         if wt.upstream(wf, style, "lora") is not None:
             continue
         wanted = args.lora[i] if i < len(args.lora) else wt.get_widget(infos, style, "lora_name")
         if wanted.lower() != "none":
-            wanted = model_name(folder_paths, "loras", wanted, f"--lora for style {i + 1}")
+            wanted = resolve("loras", wanted, f"--lora for style {i + 1}")
         wt.set_widget(infos, style, "lora_name", "None" if wanted.lower() == "none" else wanted)
+    if problems:
+        raise RunError(f"{len(problems)} model(s) not found:\n  " + "\n  ".join(problems))
 
 
 def demo_region(path: Path, index: int, count: int) -> None:

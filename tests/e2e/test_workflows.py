@@ -414,6 +414,17 @@ def test_runner_reports_every_missing_file_in_one_message(tmp_path, photo):
     assert "style 1" not in body, "'none' is a prompt-only style, not a file"
 
 
+def test_runner_reports_every_missing_workflow_model_in_one_message(tmp_path, photo, tiny):
+    """A real run (a --checkpoint that exists) whose workflow names models that are not installed: all of them in
+    one message (the FastSAM used to hide the LoRAs, one run each)."""
+    args = ["--workflow", "two_styles", "--image", str(photo), "--output", str(tmp_path / "o.png")]
+    proc = _runner([*args, "--checkpoint", str(tiny.checkpoint_path)], tmp_path, 600)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error: 3 model(s) not found:" in proc.stderr, proc.stderr
+    for name in ("--fastsam", "FastSAM-s.pt", "--lora for style 1: my_style_2.safetensors", "--lora for style 2: my_"):
+        assert name in proc.stderr, proc.stderr
+
+
 @pytest.mark.slow
 def test_runner_says_a_skipped_style_on_stdout_and_keeps_no_settings_in_home(comfy_home, infos, tmp_path, photo):
     """Style 1's mask is all zero (a Solid Mask of 0): the run goes on with style 2 and says so on stdout, in the
