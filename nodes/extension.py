@@ -13,7 +13,7 @@ from ._api import ComfyExtension, io
 
 logger = logging.getLogger(__name__)
 
-NODE_MODULES = ("invert", "style", "inject", "sample", "segment", "train")
+NODE_MODULES = ("invert", "style", "inject", "sample", "region", "segment", "train")
 
 
 def collect_nodes() -> list[type[io.ComfyNode]]:

@@ -94,12 +94,6 @@ class DiffStylerInvert(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps: int = 50) -> bool | str:
-        if steps < 1:
-            return f"steps: expected at least 1, got {steps}"
-        return True
-
-    @classmethod
     def execute(
         cls,
         model,

@@ -61,12 +61,6 @@ class DiffStylerStyleLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, strength: float = 1.0) -> bool | str:
-        if not math.isfinite(float(strength)):
-            return f"strength: expected a finite number, got {strength}: set a strength such as 1.0"
-        return True
-
-    @classmethod
     def execute(cls, lora_name: str, strength: float, conditioning, mask, lora=None, styles=None) -> io.NodeOutput:
         if not math.isfinite(float(strength)):
             raise ValueError(f"strength: expected a finite number, got {strength}: set a strength such as 1.0")
@@ -76,7 +70,7 @@ class DiffStylerStyleLoRA(io.ComfyNode):
             sd, name = lora_file.load_lora_file(lora_name), lora_name
         else:
             sd, name = None, "prompt only"
-        mask = as_mask_batch(mask, f"style {len(styles or [])} ({name}) mask")
+        mask = as_mask_batch(mask, f"style {len(styles or []) + 1} ({name}) mask")
         if not conditioning:
             raise ValueError("conditioning: empty CONDITIONING: connect a CLIP Text Encode of the style's prompt")
         style = Style(

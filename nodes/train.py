@@ -89,23 +89,8 @@ class DiffStylerTrainStyleLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(
-        cls,
-        steps: int = 200,
-        rank: int = 16,
-        learning_rate: float = 2e-4,
-        resolution: int = 512,
-        save_name: str = "",
-        **kwargs,
-    ) -> bool | str:
-        if steps is not None and steps < 1:
-            return f"steps: expected at least 1, got {steps}"
-        if rank is not None and rank < 1:
-            return f"rank: expected at least 1, got {rank}"
-        if learning_rate is not None and not learning_rate > 0:
-            return f"learning_rate: expected a positive number, got {learning_rate}"
-        if resolution is not None and resolution < 8:
-            return f"resolution: expected at least 8 pixels, got {resolution}"
+    def validate_inputs(cls, save_name: str = "") -> bool | str:
+        # Only what ComfyUI cannot check: an input named here loses ComfyUI's own min/max/combo check.
         if isinstance(save_name, str):
             try:
                 core.check_save_name(save_name)

@@ -24,6 +24,7 @@ import asyncio
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -39,6 +40,20 @@ SUPPORT = REPO / "tests" / "support"
 PACK_NAME = "comfyui_diffstyler"
 MASK_OPTIONS = ("--points", "--boxes", "--text", "--mask-everything")
 FATAL = ("is not connected", "unknown node type", "widget values")  # check_workflow problems that stop a run
+MIN_SIDE = 8  # VAE Encode crops to multiples of 8: a side below 8 pixels leaves nothing to encode
+DEMO_MIN_SIDE = 32  # the demo's tiny 32-channel models fail below (GroupNorm over a 1x1 map at their deepest level)
+# Numbers the runner takes: (min, max, multiple of), the ranges of the node inputs they go to
+# (tests/e2e/test_workflows.py keeps them equal to the node schemas).
+RANGES = {
+    "--steps": (1, 1000, 1),  # DDIM Inversion steps
+    "--cfg": (0.0, 100.0, None),  # Masked Feature Fusion Sampler cfg
+    "--imgsz": (32, 4096, 32),  # FastSAM Mask imgsz
+    "--max-size": (MIN_SIDE, 16384, 1),
+    "--train-steps": (1, 100000, 1),  # Train Style LoRA steps
+    "--train-resolution": (64, 4096, 1),  # Train Style LoRA resolution
+    "--seed": (0, 0xFFFFFFFFFFFFFFFF, 1),  # Train Style LoRA seed
+    "--feather": (0, 256, 1),  # Region Mask feather
+}
 
 
 class RunError(Exception):
@@ -95,6 +110,19 @@ OPTIONS = (  # (flags, argparse keywords)
             "type": int,
             "help": f"shrink the content image to this long side first (demo mode: "
             f"{demo_mod.MAX_SIZE}); sides become multiples of 8",
+        },
+    ),
+    (
+        ("--feather",),
+        {"type": int, "help": "seam width in pixels around the restyled region (Region Mask; default: the workflow's)"},
+    ),
+    (
+        ("--keep-original",),
+        {
+            "choices": ("auto", "on", "off"),
+            "default": "auto",
+            "help": "original pixels outside the restyled region: on, off, or auto (on for background exact, off for "
+            "model)",
         },
     ),
     (("--train-steps",), {"type": int, "help": f"Train Style LoRA steps (demo mode: {demo_mod.TRAIN['steps']})"}),
@@ -184,8 +212,7 @@ def import_comfyui(root: Path, gpu: bool, work: Path, verbose: bool):
 
     comfy.cli_args.args.cpu = not gpu
     comfy.cli_args.args.disable_all_custom_nodes = True
-    import comfy.model_management  # noqa: F401 - after args.cpu
-    import folder_paths
+    import folder_paths  # no torch yet: named files are checked before the slow imports (load_nodes)
     import utils.extra_config
 
     extra = root / "extra_model_paths.yaml"
@@ -222,6 +249,8 @@ def register(extension, relative_module: str) -> None:
 
 
 def load_nodes(demo: bool, verbose: bool) -> None:
+    import comfy.model_management  # noqa: F401 - after args.cpu (import_comfyui)
+
     import nodes
 
     root = logging.getLogger()
@@ -265,13 +294,20 @@ def save_image(src: Path, dst: Path, max_size: int | None, what: str) -> tuple[f
         raise RunError(f"{what}: cannot read {src} as an image: {e}") from e
     w, h = im.size
     scale = 1.0
-    if max_size and max(w, h) > max_size:
-        scale = max_size / max(w, h)
-        nw, nh = max(8, round(w * scale / 8) * 8), max(8, round(h * scale / 8) * 8)
+    if (w, h) != shrunk_size(w, h, max_size):
+        nw, nh = shrunk_size(w, h, max_size)
         im = im.resize((nw, nh), Image.Resampling.LANCZOS)
         scale = nw / w
     im.save(dst)
     return scale, (w, h)
+
+
+def shrunk_size(w: int, h: int, max_size: int | None) -> tuple[int, int]:
+    """The size save_image gives a ``w x h`` picture: long side ``max_size``, sides multiples of 8."""
+    if not max_size or max(w, h) <= max_size:
+        return w, h
+    scale = max_size / max(w, h)
+    return max(MIN_SIDE, round(w * scale / 8) * 8), max(MIN_SIDE, round(h * scale / 8) * 8)
 
 
 def scaled_prompt(kind: str, text: str, scale: float, size: tuple[int, int], where: str) -> str:
@@ -338,40 +374,66 @@ def set_pictures(wt, infos, wf: dict, args, input_dir: Path, demo: dict | None, 
 
 
 def set_models(wt, infos, wf: dict, args, folder_paths, notes: list) -> None:
-    """Checkpoint, FastSAM and style LoRAs of a real run: the options, else the workflow's names."""
+    """Checkpoint, FastSAM and style LoRAs of a real run: the options, else the workflow's names. Every name that
+    is not found is reported in one message."""
+    problems: list[str] = []
+
+    def resolve(folder: str, value: str, what: str) -> str:
+        try:
+            return model_name(folder_paths, folder, value, what)
+        except RunError as e:
+            problems.append(str(e))
+            return value
+
     for ckpt in wt.nodes_of_type(wf, "CheckpointLoaderSimple"):
         wanted = args.checkpoint or wt.get_widget(infos, ckpt, "ckpt_name")
         listed = folder_paths.get_filename_list("checkpoints")
         if not args.checkpoint and wanted not in listed:
             if len(listed) != 1:
-                raise RunError(
+                problems.append(
                     f"--checkpoint: the workflow's {wanted} is not in models/checkpoints; pass "
                     f"--checkpoint (found: {', '.join(listed)})"
                 )
+                continue
             wanted = listed[0]
             notes.append(f"checkpoint: {wanted} (the only one in models/checkpoints)")
-        wt.set_widget(infos, ckpt, "ckpt_name", model_name(folder_paths, "checkpoints", wanted, "--checkpoint"))
+        wt.set_widget(infos, ckpt, "ckpt_name", resolve("checkpoints", wanted, "--checkpoint"))
     for loader in wt.nodes_of_type(wf, "DiffStylerFastSAMLoader"):
-        wanted = model_name(
-            folder_paths,
-            "fastsam",
-            args.fastsam or wt.get_widget(infos, loader, "model_name"),
-            "--fastsam (FastSAM-s.pt from the FastSAM project, in ComfyUI/models/fastsam)",
-        )
-        wt.set_widget(infos, loader, "model_name", wanted)
+        wanted = args.fastsam or wt.get_widget(infos, loader, "model_name")
+        what = "--fastsam (FastSAM-s.pt from the FastSAM project, in ComfyUI/models/fastsam)"
+        wt.set_widget(infos, loader, "model_name", resolve("fastsam", wanted, what))
     for i, style in enumerate(wt.style_chain(wf)):
         if wt.upstream(wf, style, "lora") is not None:
             continue
         wanted = args.lora[i] if i < len(args.lora) else wt.get_widget(infos, style, "lora_name")
         if wanted.lower() != "none":
-            wanted = model_name(folder_paths, "loras", wanted, f"--lora for style {i + 1}")
+            wanted = resolve("loras", wanted, f"--lora for style {i + 1}")
         wt.set_widget(infos, style, "lora_name", "None" if wanted.lower() == "none" else wanted)
+    if problems:
+        raise RunError(f"{len(problems)} model(s) not found:\n  " + "\n  ".join(problems))
 
 
-def set_masks(wt, infos, wf: dict, args, picture: tuple, demo: dict | None, notes: list) -> None:
-    """Per style: its prompt and where it goes (points and boxes rescaled to the picture the run uses)."""
+def demo_region(path: Path, index: int, count: int) -> None:
+    """A mask picture (red channel) for style ``index`` of ``count`` in demo mode: an ellipse in its own part of the
+    content picture at ``path``'s size, so every style has a region of its own and background around it."""
+    from PIL import Image, ImageDraw
+
+    with Image.open(path) as im:
+        width, height = im.size
+    mask = Image.new("RGB", (width, height))
+    cx, rx = (index + 0.5) * width / count, 0.4 * width / count
+    ImageDraw.Draw(mask).ellipse((cx - rx, 0.2 * height, cx + rx, 0.8 * height), fill=(255, 255, 255))
+    mask.save(path.with_name(f"demo_region_{index + 1}.png"))
+
+
+def set_masks(wt, infos, wf: dict, args, picture: tuple, demo: dict | None, notes: list, input_dir: Path) -> None:
+    """Per style: its prompt and where it goes (points and boxes rescaled to the picture the run uses). In demo mode
+    a style without a mask option gets a region of its own (the random FastSAM finds no real objects); its FastSAM
+    Mask still runs, into a Preview Mask."""
     scale, size = picture
-    for i, style in enumerate(wt.style_chain(wf)):
+    chain = wt.style_chain(wf)
+    banded = []
+    for i, style in enumerate(chain):
         where = f"style {i + 1}"
         if i < len(args.prompt):
             set_text(wt, infos, wf, style, "conditioning", args.prompt[i], f"--prompt for {where}")
@@ -383,6 +445,19 @@ def set_masks(wt, infos, wf: dict, args, picture: tuple, demo: dict | None, note
             continue
         if args.imgsz or demo:
             wt.set_widget(infos, fastsam, "imgsz", args.imgsz or demo_mod.IMGSZ)
+        if demo and i >= len(args.masks):
+            demo_region(input_dir / "content.png", i, len(chain))
+            loader = wt.add_node(wf, infos, "LoadImageMask", (fastsam["pos"][0], fastsam["pos"][1] - 140))
+            wt.set_widget(infos, loader, "image", f"demo_region_{i + 1}.png")
+            wt.set_widget(infos, loader, "channel", "red")
+            wt.connect(wf, loader, 0, style, "mask")
+            preview = wt.add_node(wf, infos, "MaskPreview", (fastsam["pos"][0] + 400, fastsam["pos"][1]))
+            wt.connect(wf, fastsam, 0, preview, "mask")
+            wt.set_widget(infos, fastsam, "mode", "everything")
+            for name in ("points", "boxes", "text"):
+                wt.set_widget(infos, fastsam, name, "")
+            banded.append(str(i + 1))
+            continue
         if i < len(args.masks):
             mode, text = args.masks[i]
         else:
@@ -392,10 +467,7 @@ def set_masks(wt, infos, wf: dict, args, picture: tuple, demo: dict | None, note
             try:
                 text = scaled_prompt(mode, text, scale, size, f"{where} ({mode})")
             except RunError as e:
-                if i < len(args.masks) or not demo:
-                    raise RunError(f"{e} (pass {', '.join(MASK_OPTIONS)} for each style)") from e
-                notes.append(f"{where}: the workflow's {mode} do not fit this image; demo uses mode 'everything'")
-                mode, text = "everything", ""
+                raise RunError(f"{e} (pass {', '.join(MASK_OPTIONS)} for each style)") from e
         if mode == "text":
             clip = args.clip_folder or (demo or {}).get("clip")
             if not clip:
@@ -404,21 +476,23 @@ def set_masks(wt, infos, wf: dict, args, picture: tuple, demo: dict | None, note
         wt.set_widget(infos, fastsam, "mode", mode)
         for name in ("points", "boxes", "text"):  # the node checks unused prompts against the image too
             wt.set_widget(infos, fastsam, name, text if name == mode else "")
+    if banded:
+        notes.append(
+            f"demo mode: the random FastSAM finds no real objects, so style {', '.join(banded)} "
+            f"{'gets' if len(banded) == 1 else 'get'} an oval region of {'its' if len(banded) == 1 else 'their'} own "
+            "(the FastSAM Mask nodes still run)"
+        )
 
 
 def substitute(wt, infos, wf: dict, args, folder_paths, input_dir: Path, demo: dict | None) -> list[str]:
     """Apply the options to ``wf`` in place; returns notes to print."""
     notes: list[str] = []
     if demo:
-        if args.lora:
-            raise RunError(
-                "--lora: demo mode runs a tiny random model that your LoRA files do not fit: pass --checkpoint"
-            )
         wf.update(wt.use_tiny_models(wf, infos, demo["checkpoint"], demo["loras"], demo["fastsam"]))
     picture = set_pictures(wt, infos, wf, args, input_dir, demo, notes)
     if not demo:
         set_models(wt, infos, wf, args, folder_paths, notes)
-    set_masks(wt, infos, wf, args, picture, demo, notes)
+    set_masks(wt, infos, wf, args, picture, demo, notes, input_dir)
     for sampler in wt.nodes_of_type(wf, "DiffStylerMaskedFusionSampler") + wt.nodes_of_type(wf, "DiffStylerGuider"):
         if args.cfg is not None:
             wt.set_widget(infos, sampler, "cfg", args.cfg)
@@ -426,10 +500,78 @@ def substitute(wt, infos, wf: dict, args, folder_paths, input_dir: Path, demo: d
             set_text(wt, infos, wf, sampler, "positive", args.base_prompt, "--base-prompt")
         if args.negative is not None:
             set_text(wt, infos, wf, sampler, "negative", args.negative, "--negative")
+    set_paste(wt, infos, wf, args, notes)
     steps = args.steps if args.steps is not None else (demo_mod.STEPS if demo else None)
     for inv in wt.nodes_of_type(wf, "DiffStylerInvert") if steps is not None else []:
         wt.set_widget(infos, inv, "steps", steps)
     return notes
+
+
+def set_paste(wt, infos, wf: dict, args, notes: list) -> None:
+    """Original pixels outside the restyled region (Region Mask + Image Composite Masked): the workflow's, or added
+    when it ends in Sampler -> VAE Decode -> Save Image; on for background exact, off for model (--keep-original)."""
+    samplers = wt.nodes_of_type(wf, "DiffStylerMaskedFusionSampler") + wt.nodes_of_type(wf, "DiffStylerGuider")
+    exact = all(wt.get_widget(infos, s, "background") == "exact" for s in samplers)
+    keep = {"on": True, "off": False}.get(args.keep_original, exact)
+    if not wt.nodes_of_type(wf, "DiffStylerRegionMask") and args.keep_original != "off":
+        if wt.add_paste_back(wf, infos, keep_original=keep):
+            notes.append("the workflow had no Region Mask: the result is pasted onto the original picture")
+    for region in wt.nodes_of_type(wf, "DiffStylerRegionMask"):
+        wt.set_widget(infos, region, "keep_original", keep)
+        if args.feather is not None:
+            wt.set_widget(infos, region, "feather", args.feather)
+    if wt.nodes_of_type(wf, "DiffStylerRegionMask") and not keep:
+        notes.append("background model: the whole decoded picture is kept (--keep-original on to paste the original)")
+
+
+# ------------------------------------------------------------------ messages
+
+
+class _OnlyUseful(logging.Filter):
+    """Demo mode without -v: the pack's warnings and everyone's errors; not ComfyUI's notes about models and
+    packages the demo does not use ("No VAE weights detected": the demo's VAE is a separate node)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or record.name.startswith(PACK_NAME)
+
+
+def quiet_demo(work: Path, verbose: bool) -> None:
+    """ultralytics keeps its settings file in the run's temporary folder and logs only errors; other loggers only
+    errors (see _OnlyUseful)."""
+    os.environ["YOLO_CONFIG_DIR"] = str(work / "ultralytics")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_OnlyUseful())
+
+
+class _SkippedStyles(logging.Handler):
+    """Says on stdout, in the user's numbering, that the sampler skipped a style (its warning counts from 0)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.skipped: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "all-zero mask" in str(record.msg) and isinstance(record.args, tuple) and len(record.args) >= 2:
+            index, name = record.args[0], record.args[1]
+            number = str(int(index) + 1)
+            if number not in self.skipped:
+                self.skipped.append(number)
+                say(
+                    f"note: style {number} ({name}) is skipped: its mask is empty at the latent's size (1/8 of the "
+                    "picture); give it a region (--points, --boxes, --text or --mask-everything)"
+                )
+
+
+def report_skipped_styles() -> list[str]:
+    """Attach _SkippedStyles to the sampler's logger; returns its list of skipped style numbers (filled live)."""
+    handler = _SkippedStyles()
+    logger = logging.getLogger(f"{PACK_NAME}.nodes.adapters.guider")
+    logger.addHandler(handler)
+    for root_handler in logging.getLogger().handlers:  # said once, on stdout, in the user's numbering
+        root_handler.addFilter(lambda r: not (r.name == logger.name and "all-zero mask" in str(r.msg)))
+    return handler.skipped
 
 
 # ------------------------------------------------------------------ execution
@@ -504,29 +646,93 @@ def collect_images(outputs: dict, prompt: dict, folder_paths) -> list[Path]:
     return files
 
 
+def check_numbers(args) -> None:
+    """Every number option within the range of the node input it goes to, before anything loads."""
+    for flag, (low, high, multiple) in RANGES.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RunError(f"{flag}: expected a number from {low} to {high}, got {value}")
+        if not low <= value <= high:
+            raise RunError(f"{flag}: expected {low} to {high}, got {value}")
+        if multiple and multiple > 1 and value % multiple:
+            raise RunError(
+                f"{flag}: expected a multiple of {multiple}, got {value} (e.g. {value // multiple * multiple})"
+            )
+
+
 def check_options(wt, workflow: dict, args) -> None:
-    """Checks that need no ComfyUI, so that bad options fail in a second: counts per style, the pictures, the
-    points and boxes given on the command line."""
+    """Checks that need no ComfyUI, so that bad options fail in a second: numbers, counts per style."""
+    check_numbers(args)
     n = len(wt.style_chain(workflow))
     for label, values in (("--lora", args.lora), ("--prompt", args.prompt), ("mask option", args.masks)):
         if len(values) > n:
             raise RunError(f"{label}: given {len(values)} times but the workflow has {n} style(s)")
+
+
+def check_pictures(args, demo: bool) -> None:
+    """The pictures can be read, the content picture is large enough for the VAE, points and boxes fit it."""
     from PIL import Image
 
     for label, path in (("--image", args.image), ("--style-image", args.style_image)):
         if path is None:
             continue
-        if not path.is_file():
-            raise RunError(f"{label}: {path} does not exist")
         try:
             with Image.open(path) as im:
                 size = im.size
         except (OSError, ValueError) as e:
             raise RunError(f"{label}: cannot read {path} as an image: {e}") from e
+        if min(size) < MIN_SIDE:
+            raise RunError(
+                f"{label}: {path} is {size[0]}x{size[1]} pixels, smaller than the {MIN_SIDE}x{MIN_SIDE} the VAE "
+                f"encodes (it crops to multiples of {MIN_SIDE}): give a picture of at least {MIN_SIDE}x{MIN_SIDE}"
+            )
+        if label == "--image" and demo:
+            run_size = shrunk_size(*size, args.max_size or demo_mod.MAX_SIZE)
+            if min(run_size) < DEMO_MIN_SIDE:
+                raise RunError(
+                    f"--image: {path} is {size[0]}x{size[1]} pixels, run at {run_size[0]}x{run_size[1]}: demo mode's "
+                    f"tiny models need at least {DEMO_MIN_SIDE} pixels per side; give a picture closer to square or "
+                    "larger, or pass --checkpoint"
+                )
         if label == "--image":
             for i, (kind, text) in enumerate(args.masks):
                 if kind in ("points", "boxes"):
                     scaled_prompt(kind, text, 1.0, size, f"style {i + 1} ({kind})")
+
+
+def _model_folders(folder_paths, kind: str) -> list[str]:
+    """The folders ComfyUI will search for ``kind`` (the pack registers fastsam/diffstyler_clip when it loads)."""
+    found = list(folder_paths.folder_names_and_paths.get(kind, ([], set()))[0])
+    default = os.path.join(folder_paths.models_dir, kind)
+    return found + ([default] if default not in found else [])
+
+
+def missing_files(args, folder_paths, demo: bool) -> list[str]:
+    """Every file option that names nothing: the pictures, and the models of a real run (names in the model folders
+    or paths)."""
+    missing = [
+        f"{label}: {path} does not exist"
+        for label, path in (("--image", args.image), ("--style-image", args.style_image))
+        if path is not None and not path.is_file()
+    ]
+    if demo:
+        return missing
+    named = [("--checkpoint", "checkpoints", args.checkpoint, Path.is_file)]
+    named += [(f"--lora for style {i + 1}", "loras", v, Path.is_file) for i, v in enumerate(args.lora)]
+    named += [("--fastsam", "fastsam", args.fastsam, Path.is_file)]
+    named += [("--clip-folder", "diffstyler_clip", args.clip_folder, Path.is_dir)]
+    for label, kind, value, exists in named:
+        if value is None or (kind == "loras" and value.lower() == "none"):
+            continue
+        if exists(Path(value).expanduser()):
+            continue
+        folders = _model_folders(folder_paths, kind)
+        if any(exists(Path(f) / value) for f in folders):
+            continue
+        missing.append(f"{label}: {value} is neither a file nor in {', '.join(folders)}")
+    return missing
 
 
 def run(args) -> int:
@@ -543,6 +749,17 @@ def run(args) -> int:
     try:
         folder_paths = import_comfyui(root, args.gpu, work, args.verbose)
         demo_mode = not args.checkpoint and not folder_paths.get_filename_list("checkpoints")
+        missing = missing_files(args, folder_paths, demo_mode)
+        if missing:
+            raise RunError(f"{len(missing)} named file(s) not found:\n  " + "\n  ".join(missing))
+        if demo_mode and args.lora:
+            raise RunError(
+                "--lora: demo mode runs a tiny random model that your LoRA files do not fit: pass --checkpoint"
+            )
+        check_pictures(args, demo_mode)
+        if demo_mode:
+            quiet_demo(work, args.verbose)
+        skipped = report_skipped_styles()
         load_nodes(demo_mode, args.verbose)
         infos = wt.object_info()
         problems = [p for p in wt.check_workflow(workflow, infos) if any(f in p for f in FATAL)]
@@ -571,7 +788,9 @@ def run(args) -> int:
             dst = args.output if i == 0 else args.output.with_name(f"{args.output.stem}_{i}{args.output.suffix}")
             shutil.copyfile(src, dst)
             written.append(str(dst))
-        say(f"wrote {', '.join(written)} in {time.time() - started:.0f} s" + (" (demo mode)" if demo else ""))
+        tail = [f"style {', '.join(skipped)} skipped"] if skipped else []
+        tail += ["demo mode"] if demo else []
+        say(f"wrote {', '.join(written)} in {time.time() - started:.0f} s" + (f" ({'; '.join(tail)})" if tail else ""))
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

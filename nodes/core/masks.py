@@ -138,3 +138,28 @@ def inside_region(masks: list[torch.Tensor], threshold: float = 0.5) -> torch.Te
 
 def is_empty(mask: torch.Tensor, eps: float = 1e-6) -> bool:
     return float(mask.max()) <= eps
+
+
+def region_mask_latent(masks: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
+    """The region the sampler restyles, at latent size: bool ``[B,1,h,w]`` (B = the largest mask batch).
+
+    The sampler's rule: each MASK ``[B,H,W]`` is resized to the latent grid ``h x w`` with bilinear
+    interpolation and any value above 0 is inside; the region is the union over the styles (later masks
+    overwrite earlier ones only in which style a cell gets, not in whether it is styled).
+    """
+    if not masks:
+        raise ValueError("no style masks: chain at least one Style LoRA Loader (DiffStyler)")
+    batches = [as_mask_batch(m, f"style {i + 1} mask") for i, m in enumerate(masks)]
+    size = max(m.shape[0] for m in batches)
+    region = torch.zeros(size, 1, h, w, dtype=torch.bool)
+    for i, m in enumerate(batches):
+        if m.shape[0] not in (1, size):
+            raise ValueError(
+                f"style {i + 1} mask: a batch of {m.shape[0]} masks where another style has {size}: give one mask "
+                f"(shared) or {size}"
+            )
+        m = m.unsqueeze(1)
+        if tuple(m.shape[-2:]) != (h, w):
+            m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+        region = region | (m > 0).expand(size, -1, -1, -1)
+    return region

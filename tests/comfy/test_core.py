@@ -422,7 +422,7 @@ def test_bad_inputs(tiny, mods, inverted, prompts, comfy_home):
     lora = dst_core.random_lora(tiny.model, seed=7)
     wide = {k: (torch.zeros(v.shape[0], v.shape[1] * 2) if k.endswith("down.weight") else v) for k, v in lora.items()}
     styles = make_styles(mods, [(wide, 1.0, prompts["style"], torch.ones(1, 64, 64))])
-    with pytest.raises(ValueError, match=r"style 0 LoRA .*of its 128 matching layers have shapes that do not fit"):
+    with pytest.raises(ValueError, match=r"style 1 LoRA .*of its 128 matching layers have shapes that do not fit"):
         inject(mods, tiny.model, styles)
     alien = {
         "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 64),

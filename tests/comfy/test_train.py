@@ -368,9 +368,7 @@ def test_bad_inputs_name_the_input(tiny, tr, core, pack):
         with pytest.raises(ValueError, match="save_name"):
             tr.save_lora_file({}, bad)
         assert "save_name" in Node.validate_inputs(save_name=bad)
-    assert "rank" in Node.validate_inputs(rank=0)
-    assert "steps" in Node.validate_inputs(steps=0)
-    assert Node.validate_inputs(steps=200, rank=16, save_name="my_style") is True
+    assert Node.validate_inputs(save_name="my_style") is True
     args = dict(prompt=PROMPT, steps=2, learning_rate=1e-3, targets="attention", seed=0, resolution=64)
     with pytest.raises(ValueError, match="rank"):
         Node.execute(tiny.model, tiny.clip, tiny.vae, style_image(), rank=0, **args)

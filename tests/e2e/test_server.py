@@ -17,6 +17,7 @@ CORE_NODES = {
     "DiffStylerGuider",
     "DiffStylerDDIMSampler",
     "DiffStylerInversionSigmas",
+    "DiffStylerRegionMask",
 }
 
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import dst_core
 import fastsam_fixtures as ff
 import numpy as np
+import photo_fixtures as pf
 import pytest
 import safetensors.torch
+import scipy.ndimage
 import workflow_tools as wt
 from PIL import Image
 
@@ -32,7 +34,7 @@ SHIPPED = {
 PLACEHOLDERS = ("v1-5-pruned-emaonly.safetensors", "my_style.safetensors", "FastSAM-s.pt")
 FASTSAM = "wf_fastsam_dense.pt"
 LORAS = ("wf_style_1.safetensors", "wf_style_2.safetensors")
-CONTENT = (96, 128)  # height, width: FastSAM letterboxes it to imgsz 128
+CONTENT = (101, 133)  # height, width (odd: VAE Encode crops to 96x128); FastSAM letterboxes it to imgsz 128
 IMGSZ = 128
 
 
@@ -63,7 +65,7 @@ def assets(tiny, comfy_home):
             dst_core.random_lora(tiny.model, seed=60 + i), str(comfy_home.models / "loras" / name)
         )
     ff.save_fastsam(comfy_home.models / "fastsam" / FASTSAM, seed=0, class_bias=2.0)
-    Image.fromarray(ff.scene(*CONTENT, seed=3)).save(comfy_home.input / "wf_content.png")
+    Image.fromarray(pf.photo(*CONTENT, seed=3)).save(comfy_home.input / "wf_content.png")
     Image.fromarray(ff.scene(64, 64, seed=4)).save(comfy_home.input / "wf_style.png")
     return comfy_home
 
@@ -116,9 +118,31 @@ def test_workflow_file_is_sound(name, infos):
     assert {wt.get_widget(infos, f, "model_name") for f in wt.nodes_of_type(wf, "DiffStylerFastSAMLoader")} == {
         PLACEHOLDERS[2]
     }
-    assert wt.nodes_of_type(wf, "SaveImage"), "the result is saved"
+    assert_pastes_the_original_outside(wf, infos)
     prompt = wt.ui_to_api(wf, infos)
     assert not {v["class_type"] for v in prompt.values()} & set(wt.NOTE_TYPES)
+
+
+def assert_pastes_the_original_outside(wf: dict, infos: dict) -> None:
+    """Save Image <- Image Composite Masked (destination: the content picture, source: VAE Decode of the sampler)
+    <- Region Mask (DiffStyler) of the sampler's styles, keep_original on (issue #18)."""
+    (save,) = wt.nodes_of_type(wf, "SaveImage")
+    comp = wt.upstream(wf, save, "images")[0]
+    assert comp["type"] == "ImageCompositeMasked" and wt.get_widget(infos, comp, "resize_source") is False
+    dec = wt.upstream(wf, comp, "source")[0]
+    assert dec["type"] == "VAEDecode" and wt.upstream(wf, dec, "samples")[0]["type"] == "DiffStylerMaskedFusionSampler"
+    (enc,) = wt.nodes_of_type(wf, "VAEEncode")
+    content = wt.upstream(wf, enc, "pixels")[0]
+    assert wt.upstream(wf, comp, "destination")[0] is content
+    region = wt.upstream(wf, comp, "mask")[0]
+    assert region["type"] == "DiffStylerRegionMask"
+    assert [wt.upstream(wf, comp, k) for k in ("x", "y")] == [(region, 1), (region, 2)]
+    assert wt.upstream(wf, region, "image")[0] is content
+    assert wt.upstream(wf, region, "vae") == wt.upstream(wf, dec, "vae")
+    sampler = wt.upstream(wf, dec, "samples")[0]
+    assert wt.upstream(wf, region, "styles") == wt.upstream(wf, sampler, "styles")
+    assert wt.get_widget(infos, sampler, "background") == "exact"
+    assert wt.get_widget(infos, region, "keep_original") is True and wt.get_widget(infos, region, "feather") > 0
 
 
 def test_two_styles_is_the_deer_and_grass_demo(infos):
@@ -226,12 +250,22 @@ def test_workflow_runs_headless(name, infos, assets, run_graph):
     assert len(files) == 1
     out = assets.output / files[0].get("subfolder", "") / files[0]["filename"]
     with Image.open(out) as im:
-        assert im.size == (CONTENT[1], CONTENT[0])
-        pixels = np.asarray(im.convert("RGB"), dtype=np.float32)
+        assert im.size == (CONTENT[1], CONTENT[0]), "the picture's original size, not VAE Encode's crop"
+        pixels = np.asarray(im.convert("RGB"))
     assert pixels.std() > 1.0, "a picture, not a flat fill"
+    masks = []
     for mask_node in wt.nodes_of_type(wf, "DiffStylerFastSAMMask"):
         mask = result.outputs(str(mask_node["id"]))[0][0]
         assert tuple(mask.shape) == (1, *CONTENT) and float(mask.min()) >= 0 and float(mask.max()) <= 1
+        masks.append(mask[0].numpy())
+    # outside the styled region grown by the feather width: the content picture, bit for bit
+    region, _ = pf.region_like_sampler(masks, *CONTENT)
+    (region_node,) = wt.nodes_of_type(wf, "DiffStylerRegionMask")
+    feather = wt.get_widget(infos, region_node, "feather")
+    outside = scipy.ndimage.distance_transform_edt(~region) >= feather
+    assert outside.mean() > 0.2
+    np.testing.assert_array_equal(pixels[outside], pf.photo(*CONTENT, seed=3)[outside])
+    assert (pixels[region] != pf.photo(*CONTENT, seed=3)[region]).any(), "the region is restyled"
     for trainer in wt.nodes_of_type(wf, "DiffStylerTrainStyleLoRA"):
         lora = result.outputs(str(trainer["id"]))[0][0]
         assert lora and all(k.startswith("lora_unet_") for k in lora)
@@ -242,10 +276,11 @@ def test_workflow_runs_headless(name, infos, assets, run_graph):
 # ------------------------------------------------------------------ the runner
 
 
-def _runner(args: list[str], tmp_path: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+def _runner(args: list[str], tmp_path: Path, timeout: float = 900, env: dict | None = None):
     import conftest
 
-    env = dict(os.environ, COMFYUI_PATH=str(conftest.COMFYUI), YOLO_CONFIG_DIR=str(tmp_path / "yolo"))
+    env = env or dict(os.environ, YOLO_CONFIG_DIR=str(tmp_path / "yolo"))
+    env["COMFYUI_PATH"] = str(conftest.COMFYUI)
     return subprocess.run(
         [sys.executable, str(RUNNER), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -269,7 +304,156 @@ def test_runner_readme_command_demo_mode(comfy_home, tmp_path, photo):
     with Image.open(out) as im:
         assert im.size == (256, 192), "demo mode shrinks the picture to 256 on the long side"
         saved = json.loads(im.info["workflow"])
+        prompt = json.loads(im.info["prompt"])
     assert {n["type"] for n in saved["nodes"]} >= {"DiffStylerMaskedFusionSampler", "DiffStylerTestTinyVAE"}
+    # demo mode prints only what is true and useful (issue #18)
+    for noise in ("No VAE weights detected", "Overriding model.yaml", "Ultralytics Settings", "skipped"):
+        assert noise not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    # every style has a region of its own, and the FastSAM Mask nodes still run (into a Preview Mask)
+    by_id = prompt
+    styles = [v for v in by_id.values() if v["class_type"] == "DiffStylerStyleLoRA"]
+    assert len(styles) == 2
+    masks = [by_id[s["inputs"]["mask"][0]]["inputs"]["image"] for s in styles]
+    assert masks == ["demo_region_1.png", "demo_region_2.png"]
+    assert sum(v["class_type"] == "MaskPreview" for v in by_id.values()) == 2
+    assert "style 1, 2 get an oval region of their own" in proc.stdout
+
+
+def _runner_module():
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location("diffstyler_run_under_test", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_runner_ranges_are_the_node_inputs_ranges(infos):
+    """Every number the runner takes is range-checked with the limits of the node input it goes to."""
+    runner = _runner_module()
+    targets = {
+        "--steps": ("DiffStylerInvert", "steps"),
+        "--cfg": ("DiffStylerMaskedFusionSampler", "cfg"),
+        "--imgsz": ("DiffStylerFastSAMMask", "imgsz"),
+        "--train-steps": ("DiffStylerTrainStyleLoRA", "steps"),
+        "--train-resolution": ("DiffStylerTrainStyleLoRA", "resolution"),
+        "--seed": ("DiffStylerTrainStyleLoRA", "seed"),
+        "--feather": ("DiffStylerRegionMask", "feather"),
+    }
+    assert set(targets) | {"--max-size"} == set(runner.RANGES)
+    for flag, (node, name) in targets.items():
+        spec = wt._spec(infos[node], name)[1]
+        assert runner.RANGES[flag][:2] == (spec["min"], spec["max"]), flag
+
+
+BAD_NUMBERS = [
+    (["--steps", "0"], "--steps: expected 1 to 1000, got 0"),
+    (["--steps", "100000"], "--steps: expected 1 to 1000, got 100000"),
+    (["--cfg", "-5"], "--cfg: expected 0.0 to 100.0, got -5.0"),
+    (["--cfg", "nan"], "--cfg: expected a number from 0.0 to 100.0, got nan"),
+    (["--imgsz", "100"], "--imgsz: expected a multiple of 32, got 100 (e.g. 96)"),
+    (["--max-size", "4"], "--max-size: expected 8 to 16384, got 4"),
+    (["--train-steps", "0"], "--train-steps: expected 1 to 100000, got 0"),
+    (["--train-resolution", "9000"], "--train-resolution: expected 64 to 4096, got 9000"),
+    (["--seed", "-1"], "--seed: expected 0 to 18446744073709551615, got -1"),
+    (["--feather", "999"], "--feather: expected 0 to 256, got 999"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_NUMBERS, ids=[" ".join(b[0]) for b in BAD_NUMBERS])
+def test_runner_refuses_bad_numbers_before_anything_loads(tmp_path, photo, extra, message):
+    out = tmp_path / "out.png"
+    proc = _runner(["--workflow", "one_style", "--image", str(photo), "--output", str(out), *extra], tmp_path, 120)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {message}", proc.stderr
+    assert proc.stdout == "", "refused before ComfyUI loads (it prints a line when it starts the workflow)"
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 7), (300, 7)])
+def test_runner_refuses_pictures_below_the_vae_cell_at_once(tmp_path, size):
+    path = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(path)
+    out = tmp_path / "out.png"
+    proc = _runner(["--workflow", "one_style", "--image", str(path), "--output", str(out)], tmp_path, 300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--image: {path} is {size[0]}x{size[1]} pixels, smaller than the 8x8 the VAE encodes" in proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("size, run", [((16, 16), (16, 16)), ((400, 20), (256, 16))])
+def test_runner_refuses_pictures_too_small_for_the_demo_models_at_once(tmp_path, size, run):
+    """8x8 is the VAE's cell; the demo's tiny 32-channel models need 32 px per side (a 16x16 picture fails inside
+    their GroupNorm): demo mode says so, naming --image and the size it would run at."""
+    path = tmp_path / "small.png"
+    Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(path)
+    proc = _runner(
+        ["--workflow", "one_style", "--image", str(path), "--output", str(tmp_path / "o.png")], tmp_path, 300
+    )
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    expected = f"--image: {path} is {size[0]}x{size[1]} pixels, run at {run[0]}x{run[1]}: demo mode's tiny models need"
+    assert expected in proc.stderr
+
+
+def test_runner_reports_every_missing_file_in_one_message(tmp_path, photo):
+    out = tmp_path / "out.png"
+    args = ["--workflow", "two_styles", "--image", str(photo), "--output", str(out), "--style-image", "nope.png"]
+    args += ["--checkpoint", "no_such_model.safetensors", "--fastsam", "no_fastsam.pt", "--lora", "none"]
+    args += ["--lora", "no_style.safetensors", "--clip-folder", "no_clip"]
+    proc = _runner(args, tmp_path, 300)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == "error: 5 named file(s) not found:", proc.stderr
+    body = "\n".join(lines[1:])
+    for text in (
+        "--style-image: nope.png does not exist",
+        "--checkpoint: no_such_model.safetensors is neither a file nor in ",
+        "--lora for style 2: no_style.safetensors is neither a file nor in ",
+        "--fastsam: no_fastsam.pt is neither a file nor in ",
+        "--clip-folder: no_clip is neither a file nor in ",
+    ):
+        assert text in body, proc.stderr
+    assert "style 1" not in body, "'none' is a prompt-only style, not a file"
+
+
+def test_runner_reports_every_missing_workflow_model_in_one_message(tmp_path, photo, tiny):
+    """A real run (a --checkpoint that exists) whose workflow names models that are not installed: all of them in
+    one message (the FastSAM used to hide the LoRAs, one run each)."""
+    args = ["--workflow", "two_styles", "--image", str(photo), "--output", str(tmp_path / "o.png")]
+    proc = _runner([*args, "--checkpoint", str(tiny.checkpoint_path)], tmp_path, 600)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error: 3 model(s) not found:" in proc.stderr, proc.stderr
+    for name in ("--fastsam", "FastSAM-s.pt", "--lora for style 1: my_style_2.safetensors", "--lora for style 2: my_"):
+        assert name in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_runner_says_a_skipped_style_on_stdout_and_keeps_no_settings_in_home(comfy_home, infos, tmp_path, photo):
+    """Style 1's mask is all zero (a Solid Mask of 0): the run goes on with style 2 and says so on stdout, in the
+    user's numbering. background = model: the runner keeps the whole decoded picture (--keep-original auto). The
+    ultralytics settings file goes to the run's temporary folder, not the user's home."""
+    wf = _load("diffstyler_two_styles.json")
+    first = wt.style_chain(wf)[0]
+    solid = wt.add_node(wf, infos, "SolidMask", (0, 0), [0.0, 256, 192])
+    wt.connect(wf, solid, 0, first, "mask")
+    wt.set_widget(infos, wt.nodes_of_type(wf, "DiffStylerMaskedFusionSampler")[0], "background", "model")
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(wf))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")}
+    env["HOME"] = str(home)
+    out = tmp_path / "out.png"
+    proc = _runner(["--workflow", str(path), "--image", str(photo), "--output", str(out)], tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "note: style 1 (diffstyler_demo_style_1.safetensors) is skipped: its mask is empty" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].endswith("(style 1 skipped; demo mode)")
+    assert "all-zero" not in proc.stderr and "style 0" not in proc.stdout + proc.stderr
+    assert "background model: the whole decoded picture is kept" in proc.stdout
+    with Image.open(out) as im:
+        prompt = json.loads(im.info["prompt"])
+    (region,) = [v for v in prompt.values() if v["class_type"] == "DiffStylerRegionMask"]
+    assert region["inputs"]["keep_original"] is False
+    assert not [p for p in home.rglob("*")], f"files written into the home folder: {list(home.rglob('*'))}"
 
 
 @pytest.mark.slow

@@ -437,3 +437,53 @@ def use_tiny_models(
         for target, name in users:
             connect(wf, vae, 0, target, name)
     return wf
+
+
+PASTE_TITLE = "Paste onto the original (Image Composite Masked)"
+PASTE_NOTE = (
+    "Original pixels outside the regions: VAE Decode changes every pixel of the picture, so Region Mask "
+    "(DiffStyler) gives the region the sampler restyled (feathered outward by 'feather' pixels) and the offset of "
+    "VAE Encode's crop, and the core Image Composite Masked pastes the decoded result onto the content picture "
+    "there. The result has the picture's original size; every pixel farther than 'feather' from the region is the "
+    "original's, bit for bit. With background = model, turn keep_original off to keep the whole decoded picture."
+)
+
+
+def add_paste_back(workflow: dict, infos: dict, feather: int = 16, keep_original: bool = True) -> bool:
+    """Insert Region Mask (DiffStyler) + Image Composite Masked between the VAE Decode of the DiffStyler sampler and
+    its Save Image (the shipped workflows' ending). Returns False (and changes nothing) when the workflow already
+    has a Region Mask or does not end in Sampler -> VAE Decode -> Save Image with one VAE Encode of the content."""
+    if nodes_of_type(workflow, "DiffStylerRegionMask"):
+        return False
+    saves = nodes_of_type(workflow, "SaveImage")
+    encs = nodes_of_type(workflow, "VAEEncode")
+    if len(saves) != 1 or len(encs) != 1:
+        return False
+    save = saves[0]
+    up = upstream(workflow, save, "images")
+    dec = up[0] if up else None
+    if dec is None or dec["type"] != "VAEDecode":
+        return False
+    src = upstream(workflow, dec, "samples")
+    vae = upstream(workflow, dec, "vae")
+    content = upstream(workflow, encs[0], "pixels")
+    if src is None or src[0]["type"] != "DiffStylerMaskedFusionSampler" or vae is None or content is None:
+        return False
+    styles = upstream(workflow, src[0], "styles")
+    if styles is None:
+        return False
+    x0, y0 = dec["pos"]
+    region = add_node(workflow, infos, "DiffStylerRegionMask", (x0, y0 + 120), [feather, keep_original], (300, 150))
+    comp = add_node(workflow, infos, "ImageCompositeMasked", (x0 + 340, y0), [0, 0, False], (300, 150), PASTE_TITLE)
+    save["pos"] = [x0 + 680, y0]
+    connect(workflow, styles[0], styles[1], region, "styles")
+    connect(workflow, content[0], content[1], region, "image")
+    connect(workflow, vae[0], vae[1], region, "vae")
+    connect(workflow, content[0], content[1], comp, "destination")
+    connect(workflow, dec, 0, comp, "source")
+    connect(workflow, region, 0, comp, "mask")
+    connect(workflow, region, 1, comp, "x")
+    connect(workflow, region, 2, comp, "y")
+    connect(workflow, comp, 0, save, "images")
+    add_node(workflow, infos, "Note", (x0, y0 + 320), [PASTE_NOTE], size=(640, 170))
+    return True
