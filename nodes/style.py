@@ -49,7 +49,12 @@ class DiffStylerStyleLoRA(io.ComfyNode):
                     "conditioning",
                     tooltip="The style's prompt, e.g. 'painting of <sss>, deer' (CLIP Text Encode).",
                 ),
-                io.Mask.Input("mask", tooltip="Where this style goes (FastSAM Mask or any MASK); soft masks blend."),
+                io.Mask.Input(
+                    "mask",
+                    optional=True,
+                    tooltip="Where this style goes (FastSAM Mask or any MASK; the sampler takes every value above 0 "
+                    "as inside). Not connected: the whole picture (a global style).",
+                ),
                 io.LoraModel.Input(
                     "lora",
                     optional=True,
@@ -61,7 +66,7 @@ class DiffStylerStyleLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, lora_name: str, strength: float, conditioning, mask, lora=None, styles=None) -> io.NodeOutput:
+    def execute(cls, lora_name: str, strength: float, conditioning, mask=None, lora=None, styles=None) -> io.NodeOutput:
         if not math.isfinite(float(strength)):
             raise ValueError(f"strength: expected a finite number, got {strength}: set a strength such as 1.0")
         if lora is not None:
@@ -70,7 +75,12 @@ class DiffStylerStyleLoRA(io.ComfyNode):
             sd, name = lora_file.load_lora_file(lora_name), lora_name
         else:
             sd, name = None, "prompt only"
-        mask = as_mask_batch(mask, f"style {len(styles or []) + 1} ({name}) mask")
+        if mask is None:
+            logger.info(
+                "DiffStyler: style %d (%s) has no mask: it restyles the whole picture", len(styles or []) + 1, name
+            )
+        else:
+            mask = as_mask_batch(mask, f"style {len(styles or []) + 1} ({name}) mask")
         if not conditioning:
             raise ValueError("conditioning: empty CONDITIONING: connect a CLIP Text Encode of the style's prompt")
         style = Style(

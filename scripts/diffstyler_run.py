@@ -102,6 +102,14 @@ OPTIONS = (  # (flags, argparse keywords)
     (("--base-prompt",), {"help": "base prompt (background branch)"}),
     (("--negative",), {"help": "negative prompt"}),
     (("--steps",), {"type": int, "help": f"DDIM steps, inversion and sampling (demo mode: {demo_mod.STEPS})"}),
+    (
+        ("--inversion-grid",),
+        {
+            "choices": ["fine", "fine/2", "fine/5", "fine/10", "sampling"],
+            "help": "timesteps the DDIM inversion walks (default: the workflow's, fine = the released pipeline, about "
+            "1000 UNet rows; demo mode: sampling, the sampler's own steps)",
+        },
+    ),
     (("--cfg",), {"type": float, "help": "classifier-free guidance scale"}),
     (("--imgsz",), {"type": int, "help": "FastSAM inference size (multiple of 32)"}),
     (
@@ -504,6 +512,9 @@ def substitute(wt, infos, wf: dict, args, folder_paths, input_dir: Path, demo: d
     steps = args.steps if args.steps is not None else (demo_mod.STEPS if demo else None)
     for inv in wt.nodes_of_type(wf, "DiffStylerInvert") if steps is not None else []:
         wt.set_widget(infos, inv, "steps", steps)
+    grid = args.inversion_grid or ("sampling" if demo else None)
+    for inv in wt.nodes_of_type(wf, "DiffStylerInvert") if grid is not None else []:
+        wt.set_widget(infos, inv, "inversion_grid", grid)
     return notes
 
 
@@ -555,7 +566,7 @@ class _SkippedStyles(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if "all-zero mask" in str(record.msg) and isinstance(record.args, tuple) and len(record.args) >= 2:
             index, name = record.args[0], record.args[1]
-            number = str(int(index) + 1)
+            number = str(int(index))  # the guider numbers styles from 1, as the user does
             if number not in self.skipped:
                 self.skipped.append(number)
                 say(

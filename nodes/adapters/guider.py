@@ -82,7 +82,10 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         self.active: list[int] = []
         masks = []
         for i, s in enumerate(self.styles):
-            m = resize_mask_to_latent(s.mask, b, h, w, f"style {i + 1} ({s.name}) mask", self.mask_mode)
+            if s.mask is None:  # a global style: the whole picture
+                m = torch.ones(b, 1, h, w)
+            else:
+                m = resize_mask_to_latent(s.mask, b, h, w, f"style {i + 1} ({s.name}) mask", self.mask_mode)
             if is_empty(m):
                 logger.warning(
                     "DiffStyler: style %d (%s) has an all-zero mask at latent size; it is skipped", i + 1, s.name
@@ -184,7 +187,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         ComfyUI runs them on a crop, where the content row and the injected features do not line up. Read from
         the conditioning as given (ComfyUI copies every area into the other prompts when it prepares them)."""
         names = [("positive", "positive"), ("negative", "negative")]
-        names += [(f"style_{i}", f"styles (style {i}, {s.name}: its prompt)") for i, s in enumerate(self.styles)]
+        names += [(f"style_{i}", f"styles (style {i + 1}, {s.name}: its prompt)") for i, s in enumerate(self.styles)]
         for key, name in names:
             for c in self.original_conds.get(key) or ():
                 area = c.get("area")

@@ -143,13 +143,16 @@ def is_empty(mask: torch.Tensor, eps: float = 1e-6) -> bool:
 def region_mask_latent(masks: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
     """The region the sampler restyles, at latent size: bool ``[B,1,h,w]`` (B = the largest mask batch).
 
-    The sampler's rule: each MASK ``[B,H,W]`` is resized to the latent grid ``h x w`` with bilinear
+    A mask of None is the whole picture (a global style). The sampler's rule: each MASK ``[B,H,W]`` is resized
+    to the latent grid ``h x w`` with bilinear
     interpolation and any value above 0 is inside; the region is the union over the styles (later masks
     overwrite earlier ones only in which style a cell gets, not in whether it is styled).
     """
     if not masks:
         raise ValueError("no style masks: chain at least one Style LoRA Loader (DiffStyler)")
-    batches = [as_mask_batch(m, f"style {i + 1} mask") for i, m in enumerate(masks)]
+    batches = [
+        torch.ones(1, h, w) if m is None else as_mask_batch(m, f"style {i + 1} mask") for i, m in enumerate(masks)
+    ]
     size = max(m.shape[0] for m in batches)
     region = torch.zeros(size, 1, h, w, dtype=torch.bool)
     for i, m in enumerate(batches):

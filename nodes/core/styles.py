@@ -13,7 +13,8 @@ class Style:
     """One (LoRA, prompt, mask) triple of the paper (Sec. 3.3).
 
     ``lora``: a LoRA state dict (file contents or a LORA_MODEL) or None for a prompt-only region.
-    ``conditioning``: the ComfyUI CONDITIONING of the style's prompt. ``mask``: MASK ``[B,H,W]``.
+    ``conditioning``: the ComfyUI CONDITIONING of the style's prompt. ``mask``: MASK ``[B,H,W]``, or None for
+    the whole picture (a global style).
     """
 
     uid: str
@@ -21,7 +22,7 @@ class Style:
     lora: dict | None
     strength: float
     conditioning: list
-    mask: torch.Tensor
+    mask: torch.Tensor | None
 
 
 def style_uid(name: str, lora: dict | None, strength: float) -> str:

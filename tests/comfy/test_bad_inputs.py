@@ -347,7 +347,7 @@ def _(x):
 def _invert(x, latent, clip="tiny", conditioning=None, steps=STEPS):
     clip = x.tiny.clip if clip == "tiny" else clip
     return x.mods.invert.DiffStylerInvert.execute(
-        x.tiny.model, {"samples": latent}, steps, clip=clip, conditioning=conditioning
+        x.tiny.model, {"samples": latent}, steps, clip=clip, conditioning=conditioning, inversion_grid="sampling"
     )
 
 
@@ -473,7 +473,7 @@ def _(x):
 @case(
     "sample_mask_batch_3_for_1",
     ValueError,
-    r"style 0 \(prompt only\) mask: the mask batch has 3 masks but the content latent batch has 1 images: give one "
+    r"style 1 \(prompt only\) mask: the mask batch has 3 masks but the content latent batch has 1 images: give one "
     r"mask \(shared\) or 1 masks",
 )
 def _(x):
@@ -484,7 +484,7 @@ def _(x):
 @case(
     "sample_mask_aspect",
     ValueError,
-    r"style 0 \(prompt only\) mask: the mask is 128x64 \(width x height\) but the content latent is 8x8 \(64x64 "
+    r"style 1 \(prompt only\) mask: the mask is 128x64 \(width x height\) but the content latent is 8x8 \(64x64 "
     r"image\): the aspect ratios differ; make the mask from the content image or resize it to the image size",
 )
 def _(x):
@@ -655,7 +655,7 @@ def test_all_zero_mask_warns_and_skips_the_style(tiny, mods, inv, prompts, loras
     both = add_style(mods, prompts["style2"], half(left=False), lora=other, styles=both)
     with rt.LogRecords() as logs:
         out = sample(mods, inject(mods, stays_clean, tiny.model, both), inv, prompts, both)
-    assert any("style 0" in m and "all-zero mask" in m and "skipped" in m for m in logs.messages), logs.messages
+    assert any("style 1" in m and "all-zero mask" in m and "skipped" in m for m in logs.messages), logs.messages
     alone = sample(mods, inject(mods, stays_clean, tiny.model, right), inv, prompts, right)
     assert torch.allclose(out, alone, atol=1e-6)
     assert torch.equal(out[..., :4], inv.content_latent[..., :4])
@@ -777,7 +777,9 @@ def test_sixty_pixel_image_is_cropped_by_the_vae(tiny, mods, prompts, loras, sta
     img = torch.rand(1, 60, 60, 3, generator=torch.Generator().manual_seed(6))
     (latent,) = nodes.VAEEncode().encode(tiny.vae, img)
     assert latent["samples"].shape == (1, 4, 7, 7)  # ComfyUI crops to 56x56 (multiples of 8), centred
-    inversion, _ = mods.invert.DiffStylerInvert.execute(tiny.model, latent, STEPS, clip=tiny.clip).args
+    inversion, _ = mods.invert.DiffStylerInvert.execute(
+        tiny.model, latent, STEPS, clip=tiny.clip, inversion_grid="sampling"
+    ).args
     for mask in (half(60, 60), half(64, 64)):
         styles = add_style(mods, prompts["style"], mask, lora=loras["good"])
         out = sample(mods, inject(mods, stays_clean, tiny.model, styles), inversion, prompts, styles)
@@ -900,7 +902,7 @@ def test_prompts_with_an_area_are_refused_by_name(tiny, mods, inv, prompts, lora
         return node_helpers.conditioning_set_values(cond, {"area": (h, w, y, x), "strength": 1.0})
 
     cropped = add_style(mods, with_area(prompts["style"], 4, 4), half(), lora=loras["good"])
-    with pytest.raises(ValueError, match=r"styles \(style 0, .*: its prompt\): this conditioning covers part"):
+    with pytest.raises(ValueError, match=r"styles \(style 1, .*: its prompt\): this conditioning covers part"):
         sample(mods, inject(mods, stays_clean, tiny.model, cropped), inv, prompts, cropped)
     styles = add_style(mods, prompts["style"], half(), lora=loras["good"])
     patched = inject(mods, stays_clean, tiny.model, styles)

@@ -337,7 +337,7 @@ def test_one_call_per_step_and_no_weight_copies(tiny, mods, inverted, prompts):
         )
         peaks[k] = _peak_rss_during(lambda: run(mods, patched, inverted, prompts, styles))
         assert len(calls) == STEPS, f"k={k}: {len(calls)} UNet calls for {STEPS} steps"
-        assert calls[0] == 1 + 2 * k and calls[-1] == 2 * k, calls
+        assert calls[0] == 3 * k and calls[-1] == 2 * k, calls  # a content row per style while injecting
         ptrs = {kk: v.data_ptr() for kk, v in patched.model.state_dict().items()}
         assert ptrs == base_ptrs, "no UNet weight may be copied"
     print(
@@ -849,3 +849,17 @@ def test_lora_in_injected_attention_switch(tiny, mods, inverted, prompts):
     }
     assert marked == expected and len(expected) == 8 * 4
     assert not torch.equal(run(mods, on, inverted, prompts, styles), run(mods, off, inverted, prompts, styles))
+
+
+def test_global_style_without_a_mask_is_the_whole_picture(tiny, mods, inverted, prompts, caplog):
+    """A Style LoRA Loader with no mask restyles the whole picture: the same as a mask of ones, and said so."""
+    lora = dst_core.random_lora(tiny.model, seed=7)
+    caplog.set_level(logging.INFO)
+    unmasked = mods.style.DiffStylerStyleLoRA.execute("None", 1.0, prompts["style"], None, lora=lora).args[0]
+    assert any("no mask: it restyles the whole picture" in r.getMessage() for r in caplog.records)
+    full = mods.style.DiffStylerStyleLoRA.execute("None", 1.0, prompts["style"], torch.ones(1, 64, 64), lora=lora)
+    full = full.args[0]
+    a = run(mods, inject(mods, tiny.model, unmasked, 0.6, 0.5), inverted, prompts, unmasked)
+    b = run(mods, inject(mods, tiny.model, full, 0.6, 0.5), inverted, prompts, full)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, inverted.content_latent)

@@ -143,7 +143,7 @@ def test_bad_inputs(tiny, inv_mod, empty_cond, pack):
     with pytest.raises(ValueError, match="steps: expected at least 1"):
         inv_mod.invert(tiny.model, torch.zeros(1, 4, 8, 8), 0, empty_cond)
     with pytest.raises(ValueError, match="connect the checkpoint's CLIP"):
-        DiffStylerInvert.execute(tiny.model, {"samples": torch.zeros(1, 4, 8, 8)}, 3)
+        DiffStylerInvert.execute(tiny.model, {"samples": torch.zeros(1, 4, 8, 8)}, 3, inversion_grid="sampling")
 
 
 def _save_input_image(comfy_home, name="content.png", size=(64, 64), seed=0):
@@ -162,7 +162,13 @@ def test_graph_inversion_runs_and_is_cached(tiny, run_graph, comfy_home):
         "4": {"class_type": "VAEEncode", "inputs": {"pixels": ["3", 0], "vae": ["2", 0]}},
         "5": {
             "class_type": "DiffStylerInvert",
-            "inputs": {"model": ["1", 0], "latent": ["4", 0], "steps": 8, "clip": ["1", 1]},
+            "inputs": {
+                "model": ["1", 0],
+                "latent": ["4", 0],
+                "steps": 8,
+                "clip": ["1", 1],
+                "inversion_grid": "sampling",
+            },
         },
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 1], "vae": ["2", 0]}},
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},

@@ -86,7 +86,9 @@ def prompts(tiny):
 def inversion(tiny, mods, prompts):
     g = torch.Generator().manual_seed(0)
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=g) * 0.5}
-    return mods.invert.DiffStylerInvert.execute(tiny.model, latent, STEPS, conditioning=prompts["empty"]).args[0]
+    return mods.invert.DiffStylerInvert.execute(
+        tiny.model, latent, STEPS, conditioning=prompts["empty"], inversion_grid="sampling"
+    ).args[0]
 
 
 def pack_calls(tiny, mods, prompts, inversion, lora_name: str, strength: float) -> list[tuple]:

@@ -50,7 +50,7 @@ def paste_graph(infos: dict, tiny, picture: str, masks: list[str], feather: int,
     vae = add("DiffStylerTestTinyVAE", [0, "fixed"])
     image = add("LoadImage", [picture, "image"])
     enc = add("VAEEncode")
-    inv = add("DiffStylerInvert", [STEPS, "off", 0.6, 0.5])
+    inv = add("DiffStylerInvert", [STEPS, "off", 0.6, 0.5, "sampling"])
     neg = add("CLIPTextEncode", ["ugly"])
     base = add("CLIPTextEncode", ["a landscape"])
     wt.connect(wf, image, 0, enc, "pixels")

@@ -281,6 +281,8 @@ def _runner(args: list[str], tmp_path: Path, timeout: float = 900, env: dict | N
 
     env = env or dict(os.environ, YOLO_CONFIG_DIR=str(tmp_path / "yolo"))
     env["COMFYUI_PATH"] = str(conftest.COMFYUI)
+    if "--inversion-grid" not in args and "--help" not in args:
+        args = [*args, "--inversion-grid", "sampling"]  # the sampler's own steps: fast on the tiny models
     return subprocess.run(
         [sys.executable, str(RUNNER), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
     )
