@@ -10,6 +10,7 @@ active (``PatchState.run``), and then only on the rows it owns for the current U
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 
 import comfy.ldm.modules.attention as attention
@@ -143,9 +144,18 @@ class PatchState:
         self.settings = dict(settings)
         self.styles: list | None = None  # the Style objects, for samplers whose styles input is not connected
         self.run: RunPlan | None = None
-        self.call: CallPlan | None = None
+        self._calls = threading.local()  # ComfyUI may run apply_model in threads (one per device): a call each
         self.deltas_bytes = 0
         self.replace_slots: list[tuple[str, tuple]] = []  # ("attn1"/"attn2", (block, id, transformer index))
+
+    @property
+    def call(self) -> CallPlan | None:
+        """The plan of the ``apply_model`` call running in this thread (None outside one)."""
+        return getattr(self._calls, "plan", None)
+
+    @call.setter
+    def call(self, plan: CallPlan | None) -> None:
+        self._calls.plan = plan
 
     def on_model_patcher_clone(self):
         return self  # clones of the patched MODEL share the patches, so they share the state
