@@ -20,6 +20,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from ..core.lora import LayerDelta, conv2d_delta, linear_delta
 from ..core.schedule import blend_qk_, find_sigma_index, in_window, qk_blend_ratio
+from . import dynamic_vram
 
 logger = logging.getLogger(__name__)
 
@@ -602,7 +603,7 @@ def replace_block(patched, kind: str, name: str, bid: int, make) -> list[tuple]:
 def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[str, ...], settings: dict):
     """Patch a clone of ``model``; returns (patched clone, PatchState)."""
     block_map = block_map_for(model)
-    patched = model.clone()
+    patched = dynamic_vram.static_clone(model, "Cross-LoRA Attention Injector")
     state = PatchState(block_map, len(styles_deltas), style_ids, settings)
     modules = dict(patched.model.named_modules())
     injected_ids = {
