@@ -9,7 +9,8 @@ host's own code, never from its version number:
   key a host's ``main.py`` passes, all 0 (the classic cache frees nothing by RAM pressure).
 * The output cache: ``executor.caches.outputs.get`` returns the entry on v0.8 and a coroutine from v0.18.
 * Progress bars: from v0.9.2 ``ProgressBar`` throttles its hook (at most one update per 0.1 s and 0.5 %);
-  :func:`progress_hook` installs a hook that sees every update, as the tests that act between steps need.
+  :func:`unthrottled_progress` and :func:`progress_hook` let a hook see every update, as the tests that act
+  between steps need.
 * Core nodes that gained required inputs (``LoraModelLoader.bypass`` from v0.14): :func:`fill_new_inputs`
   adds them to an API prompt only when the host's node declares them.
 """
@@ -40,28 +41,33 @@ def cached_outputs(executor, node_id: str):
 
 
 @contextlib.contextmanager
-def progress_hook(hook):
-    """Install ``hook`` as ComfyUI's global progress-bar hook, unthrottled, for the ``with`` block.
-
-    Restores the previous hook and throttle settings afterwards.
-    """
+def unthrottled_progress():
+    """Inside the block every ``ProgressBar`` update reaches the progress hook (hosts that throttle it)."""
     import comfy.utils
 
-    saved = {
-        name: getattr(comfy.utils, name)
-        for name in ("PROGRESS_THROTTLE_MIN_INTERVAL", "PROGRESS_THROTTLE_MIN_PERCENT")
-        if hasattr(comfy.utils, name)
-    }
-    old = comfy.utils.PROGRESS_BAR_HOOK
+    names = ("PROGRESS_THROTTLE_MIN_INTERVAL", "PROGRESS_THROTTLE_MIN_PERCENT")
+    saved = {name: getattr(comfy.utils, name) for name in names if hasattr(comfy.utils, name)}
     for name in saved:
         setattr(comfy.utils, name, 0)
-    comfy.utils.set_progress_bar_global_hook(hook)
     try:
         yield
     finally:
-        comfy.utils.set_progress_bar_global_hook(old)
         for name, value in saved.items():
             setattr(comfy.utils, name, value)
+
+
+@contextlib.contextmanager
+def progress_hook(hook):
+    """``hook`` is ComfyUI's global progress-bar hook, unthrottled, inside the block; the old hook comes back after."""
+    import comfy.utils
+
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with unthrottled_progress():
+            yield
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
 
 
 def required_inputs(class_type: str) -> set[str]:
