@@ -39,7 +39,7 @@ def test_tested_range_stated_alike():
     readme = (ROOT / "README.md").read_text()
     assert f"tested on **v{low} .. v{high}**" in readme
     ci = (ROOT / ".ci" / "run").read_text()
-    assert f"stage \"$COMFY8\" v{low} " in ci and f"stage \"$COMFY33\" v{high} " in ci
+    assert f'stage "$COMFY8" v{low} ' in ci and f'stage "$COMFY33" v{high} ' in ci
     assert data["project"]["license"] == {"text": "MIT"}
     assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")
 
