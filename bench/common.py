@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK = "comfyui_diffstyler"
+SUPPORT = ROOT / "tests" / "support"  # comfy_host: how ComfyUI hosts differ (shared with the tests and the runner)
 
 SD15_FULL = {
     "use_checkpoint": False,
@@ -85,6 +86,15 @@ def setup(cpu: bool, attention: str = "default"):
         sys.modules[PACK] = mod
         spec.loader.exec_module(mod)
     return sys.modules[PACK]
+
+
+def make_executor(server):
+    """ComfyUI's ``PromptExecutor`` (classic cache) on any tested host: see tests/support/comfy_host.py."""
+    if str(SUPPORT) not in sys.path:
+        sys.path.insert(0, str(SUPPORT))
+    import comfy_host
+
+    return comfy_host.make_executor(server)
 
 
 def full_sd15(seed: int = 0, channels: int = 320):

@@ -3,9 +3,25 @@
 #   run(command="bash bench/device_check.sh", carry=[".comfy", ".whl"], timeout_s=560)
 # Each bench has its own time limit so that one overrun leaves the others' results. Logs and the JSON lines
 # land in $OUT (the device tool brings them back); the table is in each .log.
+#
+# Issue #19's dynamic VRAM check (ComfyUI v0.33.0, which loads models dynamically on NVIDIA GPUs) is a separate call,
+# since both ComfyUI copies and their wheels do not fit one carry:
+#   run(command="bash bench/device_check.sh dynamic", carry=[".comfy33", ".whl33"], timeout_s=400)
+# It runs bench/dynamic_vram_check.py: the two-style graph, the same with a hooked negative prompt, Train Style LoRA
+# and a plain KSampler afterwards, on main.py servers with dynamic VRAM on and off, and compares their outputs.
 set -uo pipefail
 OUT=${OUT:-/tmp/diffstyler-device}
 mkdir -p "$OUT"
+if [ "${1:-}" = dynamic ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site33 .whl33/*.whl \
+    || { echo "FAIL: wheels in .whl33/ (run bench/device_stage.sh here and carry .whl33)"; exit 1; }
+  [ -f .comfy33/main.py ] || { echo "FAIL: no .comfy33/ (run bench/device_stage.sh here and carry .comfy33)"; exit 1; }
+  export PYTHONPATH=/tmp/site33 PYTHONUNBUFFERED=1 COMFYUI_PATH=$PWD/.comfy33 YOLO_OFFLINE=True YOLO_AUTOINSTALL=False
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+  timeout 360 python3 bench/dynamic_vram_check.py --out "$OUT/dynamic_vram" 2>&1 | tee "$OUT/dynamic_vram.log" \
+    | grep -v -E 'WARNING|it/s\]|s/it\]' | tail -n 30
+  exit "${PIPESTATUS[0]}"
+fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "FAIL: wheels in .whl/ (run bench/device_stage.sh here and carry .whl)"; exit 1; }
 [ -f .comfy/main.py ] || { echo "FAIL: no .comfy/ (run bench/device_stage.sh here and carry .comfy)"; exit 1; }

@@ -134,7 +134,6 @@ def reference_sample(copies, inv, empty, neg, pos_list, masks_lat, cfg, counter=
 
 def rerun_cost(pack, model, latent, cond, steps, grid="sampling"):
     """Seconds a second graph run spends when only the sampler-side inputs change (inversion from cache)."""
-    import execution
     from comfy_api.latest import ComfyExtension, io
 
     import nodes
@@ -174,7 +173,7 @@ def rerun_cost(pack, model, latent, cond, steps, grid="sampling"):
         def queue_updated(self):
             pass
 
-    ex = execution.PromptExecutor(Server(), cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    ex = common.make_executor(Server())
 
     def graph(cfg_marker):
         return {

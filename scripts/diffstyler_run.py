@@ -610,6 +610,7 @@ class ConsoleServer:
 
 def execute(prompt: dict, workflow: dict) -> tuple[bool, dict, list]:
     import comfy.utils
+    import comfy_host  # tests/support: the one module that knows how ComfyUI hosts differ
     import execution
 
     last = {}
@@ -631,7 +632,7 @@ def execute(prompt: dict, workflow: dict) -> tuple[bool, dict, list]:
                 details.append(f"node {node_id} ({err.get('class_type')}): {e.get('message')}: {e.get('details')}")
         raise RunError(f"the workflow does not validate: {valid[1].get('message')}\n  " + "\n  ".join(details))
     server = ConsoleServer(prompt)
-    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    executor = comfy_host.make_executor(server)
     extra = {"client_id": server.client_id, "extra_pnginfo": {"workflow": workflow}}  # the PNG keeps the workflow
     executor.execute(prompt, prompt_id, extra, valid[2])
     return executor.success, executor.history_result.get("outputs", {}), server.messages

@@ -57,8 +57,8 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def require_comfyui() -> Path:
     if COMFYUI is None:
         msg = (
-            "ComfyUI v0.8.0 not found: set COMFYUI_PATH, install this pack into ComfyUI/custom_nodes, or stage it at "
-            "~/ComfyUI (see README)"
+            "ComfyUI (tested: v0.8.0 .. v0.33.0) not found: set COMFYUI_PATH, install this pack into "
+            "ComfyUI/custom_nodes, or stage it at ~/ComfyUI (see README)"
         )
         if IN_CI:
             pytest.fail(msg, pytrace=False)

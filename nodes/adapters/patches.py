@@ -10,6 +10,7 @@ active (``PatchState.run``), and then only on the rows it owns for the current U
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 
 import comfy.ldm.modules.attention as attention
@@ -19,6 +20,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from ..core.lora import LayerDelta, conv2d_delta, linear_delta
 from ..core.schedule import blend_qk_, find_sigma_index, in_window, qk_blend_ratio
+from . import dynamic_vram
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +164,18 @@ class PatchState:
         self.styles: list | None = None  # the Style objects, for samplers whose styles input is not connected
         self.lora_styles: set[int] = set(range(n_styles))  # styles with LoRA layers patched (others: plain model)
         self.run: RunPlan | None = None
-        self.call: CallPlan | None = None
+        self._calls = threading.local()  # ComfyUI may run apply_model in threads (one per device): a call each
         self.deltas_bytes = 0
         self.replace_slots: list[tuple[str, tuple]] = []  # ("attn1"/"attn2", (block, id, transformer index))
+
+    @property
+    def call(self) -> CallPlan | None:
+        """The plan of the ``apply_model`` call running in this thread (None outside one)."""
+        return getattr(self._calls, "plan", None)
+
+    @call.setter
+    def call(self, plan: CallPlan | None) -> None:
+        self._calls.plan = plan
 
     def on_model_patcher_clone(self):
         return self  # clones of the patched MODEL share the patches, so they share the state
@@ -692,7 +703,7 @@ def replace_block(patched, kind: str, name: str, bid: int, make) -> list[tuple]:
 def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[str, ...], settings: dict):
     """Patch a clone of ``model``; returns (patched clone, PatchState)."""
     block_map = block_map_for(model)
-    patched = model.clone()
+    patched = dynamic_vram.static_clone(model, "Cross-LoRA Attention Injector")
     state = PatchState(block_map, len(styles_deltas), style_ids, settings)
     state.lora_styles = {s for s, deltas in enumerate(styles_deltas) if deltas}
     modules = dict(patched.model.named_modules())

@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import training as core
+from . import dynamic_vram
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +326,7 @@ def _sigma_table(model_sampling) -> torch.Tensor:
 
 
 def _load(model):
-    patcher = model.clone()
+    patcher = dynamic_vram.static_clone(model, "Train Style LoRA")  # functional_call needs the weights loaded
     comfy.model_management.load_models_gpu([patcher], memory_required=TRAIN_MEMORY_REQUIRED, force_full_load=True)
     return patcher
 

@@ -16,6 +16,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import comfy_host
 import fastsam_fixtures as ff
 import numpy as np
 import pytest
@@ -477,12 +478,8 @@ def test_progress_per_image_and_interrupt(seg, dense):
     import comfy.utils
 
     calls = []
-    old = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
-    try:
+    with comfy_host.progress_hook(lambda value, total, preview, node_id=None: calls.append((value, total))):
         run_mask(seg, dense, ff.scene_tensor(3))
-    finally:
-        comfy.utils.set_progress_bar_global_hook(old)
     assert calls == [(1, 3), (2, 3), (3, 3)]
     comfy.model_management.interrupt_current_processing(True)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import comfy_host
 import numpy as np
 import pytest
 import torch
@@ -341,13 +342,10 @@ def test_interrupt_stops_within_one_step(tiny, tr, core, inputs):
         if value == 3:
             comfy.model_management.interrupt_current_processing(True)
 
-    old = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(hook)
     try:
-        with pytest.raises(comfy.model_management.InterruptProcessingException):
+        with comfy_host.progress_hook(hook), pytest.raises(comfy.model_management.InterruptProcessingException):
             tr.train(tiny.model, inputs, cfg(core, steps=50), progress=False)
     finally:
-        comfy.utils.set_progress_bar_global_hook(old)
         comfy.model_management.interrupt_current_processing(False)
     assert seen == [1, 2, 3]  # the step after the interrupt never ran
     assert_untouched(tiny.model, before_out, before_sd)
@@ -439,6 +437,7 @@ def test_graph_train_then_load_save_and_preview(tiny, run_graph, comfy_home):
         "11": {"class_type": "PreviewImage", "inputs": {"images": ["4", 1]}},
         "12": {"class_type": "SaveLoRA", "inputs": {"lora": ["4", 0], "prefix": "loras/graph_style"}},
     }
+    comfy_host.fill_new_inputs(prompt, {"LoraModelLoader": {"bypass": False}})  # v0.14 added it; False: merge
     run = run_graph(prompt)
     assert {"4", "5", "8", "10", "11", "12"} <= set(run.executed_nodes())
     lora = run.outputs("4")[0][0]

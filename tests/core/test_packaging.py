@@ -32,6 +32,18 @@ def test_comfy_metadata():
     assert comfy["requires-comfyui"].startswith(">=0.8.0")
 
 
+def test_tested_range_stated_alike():
+    """pyproject's requires-comfyui, the README and the hosts .ci/run tests agree; the LICENSE is pyproject's."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    low, high = re.fullmatch(r">=([\d.]+),<=([\d.]+)", data["tool"]["comfy"]["requires-comfyui"]).groups()
+    readme = (ROOT / "README.md").read_text()
+    assert f"tested on **v{low} .. v{high}**" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert f'stage "$COMFY8" v{low} ' in ci and f'stage "$COMFY33" v{high} ' in ci
+    assert data["project"]["license"] == {"text": "MIT"}
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")
+
+
 def test_pack_import_needs_no_comfy():
     assert "comfyui_diffstyler" in sys.modules
     pack = sys.modules["comfyui_diffstyler"]

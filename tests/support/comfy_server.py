@@ -65,10 +65,16 @@ class Server:
 
 
 def start(
-    comfy_root: Path, base: Path, pack_root: Path, support: Path, timeout: float = 240, extra_args: tuple = ()
+    comfy_root: Path,
+    base: Path,
+    pack_root: Path,
+    support: Path,
+    timeout: float = 240,
+    extra_args: tuple = (),
+    cpu: bool = True,
 ) -> Server:
-    """Start ``main.py --cpu`` with ``--base-directory base`` holding the pack (and the test pack) as links;
-    ``extra_args`` go to main.py as they are."""
+    """Start ``main.py --cpu`` (``cpu=False``: on ComfyUI's default device) with ``--base-directory base`` holding the
+    pack (and the test pack) as links; ``extra_args`` go to main.py as they are."""
     custom = base / "custom_nodes"
     custom.mkdir(parents=True, exist_ok=True)
     for name, target in ((PACK_DIR_NAME, pack_root), ("dst_test_pack", support / "dst_test_pack")):
@@ -86,7 +92,7 @@ def start(
     cmd = [
         sys.executable,
         "main.py",
-        "--cpu",
+        *(("--cpu",) if cpu else ()),
         "--listen",
         "127.0.0.1",
         "--port",

@@ -129,11 +129,9 @@ class StubServer:
 
 
 def make_executor():
-    import execution
+    import comfy_host
 
-    return execution.PromptExecutor(
-        StubServer(), cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
-    )
+    return comfy_host.make_executor(StubServer())
 
 
 @dataclass
@@ -146,7 +144,9 @@ class GraphRun:
 
     def outputs(self, node_id: str):
         """The node's returned values (one list per output, each a list over batch slices)."""
-        entry = self.executor.caches.outputs.get(str(node_id))
+        import comfy_host
+
+        entry = comfy_host.cached_outputs(self.executor, node_id)
         if entry is None:
             return None
         return entry.outputs if hasattr(entry, "outputs") else entry

@@ -1,0 +1,210 @@
+"""What newer ComfyUI hosts do around the patched model (issue #19), on the CPU.
+
+* ``calc_cond_batch`` may run ``apply_model`` in threads, one per device (v0.33's multi-GPU CFG split): two styled
+  calls in flight at once on one patched model must each get their own rows.
+* ``CFGGuider.inner_set_conds`` swaps a dynamic-VRAM MODEL for its non-dynamic delegate (a second BaseModel loaded
+  from the same checkpoint) when a conditioning carries hooks, and the Injector itself works on that delegate under
+  dynamic VRAM: an inversion made on the MODEL must be accepted there. Dynamic VRAM itself needs an NVIDIA GPU
+  (bench/device_check.sh); the delegate's reload is ``ModelPatcher.clone(force_deepcopy=True)`` on the CPU.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+
+import pytest
+import reliability_tools as rt
+import torch
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    with rt.torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def mods(pack):
+    return rt.node_modules()
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    def enc(text):
+        return tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(text))
+
+    return {"empty": enc(""), "s0": enc("painting of <sss>, deer"), "s1": enc("sketch of <ttt>"), "base": enc("a deer")}
+
+
+@pytest.fixture(scope="module")
+def content(tiny):
+    img = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        return tiny.vae.encode(img).float()
+
+
+def two_styles(mods, tiny, prompts):
+    import dst_core
+
+    left = torch.zeros(1, 64, 64)
+    left[:, :, :32] = 1
+    styles = None
+    for i, (mask, key) in enumerate(((left, "s0"), (1 - left, "s1"))):
+        lora = dst_core.random_lora(tiny.model, seed=90 + i)
+        node = mods.style.DiffStylerStyleLoRA
+        styles = node.execute("None", 1.0, prompts[key], mask, lora=lora, styles=styles).args[0]
+    return styles
+
+
+def inject(mods, model, styles):
+    return mods.inject.DiffStylerCrossLoRAInjector.execute(model, styles, 0.6, 0.5, "adaptive", True).args[0]
+
+
+def sample(mods, patched, inversion, positive, negative, styles):
+    node = mods.sample.DiffStylerMaskedFusionSampler
+    return node.execute(patched, inversion, positive, negative, 5.0, "exact", styles).args[0]["samples"]
+
+
+# ---------------------------------------------------------------------------------------------- threads
+
+
+def split_call(args: tuple, kwargs: dict, chunks: list[int]):
+    """The APPLY_MODEL call ``(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)`` restricted to
+    the given chunks of ``transformer_options["cond_or_uncond"]`` (each chunk is ``b`` rows)."""
+    x, t, c_concat, c_crossattn, control, options = args
+    n = len(options["cond_or_uncond"])
+    b = x.shape[0] // n
+    rows = torch.tensor([j * b + i for j in chunks for i in range(b)])
+
+    def take(v):
+        return v[rows] if isinstance(v, torch.Tensor) and v.shape[:1] == x.shape[:1] else v
+
+    options = dict(options, cond_or_uncond=[options["cond_or_uncond"][j] for j in chunks])
+    kw = {k: take(v) for k, v in kwargs.items()}
+    return (take(x), take(t), take(c_concat), take(c_crossattn), control, options), kw, rows
+
+
+def test_concurrent_styled_calls_match_sequential(tiny, mods, prompts, content):
+    """Two styled apply_model calls of one step, in flight at the same time in two threads on one patched model (as
+    ComfyUI's per-device threads run them), give the rows they give one after the other and the rows of the whole
+    call. A barrier inside the UNet holds both calls until each has started, so they always overlap."""
+    import comfy.patcher_extension
+
+    inversion = mods.inversion.invert(tiny.model, content, STEPS, prompts["empty"], disable_pbar=True)
+    styles = two_styles(mods, tiny, prompts)
+    outer = tiny.model.clone()  # a keyed wrapper added before the Injector's runs outside it
+    seen = {}
+    barrier = threading.Barrier(2, timeout=60)
+    waiting = threading.local()
+
+    def pre_hook(_module, _args):
+        if getattr(waiting, "armed", False):
+            waiting.armed = False
+            barrier.wait()
+
+    def in_thread(fn, out, key):
+        def run():
+            waiting.armed = True
+            with torch.inference_mode():
+                out[key] = fn()
+
+        return threading.Thread(target=run)
+
+    def check_threads(executor, *args, **kwargs):
+        whole = executor(*args, **kwargs)
+        n = len(args[5]["cond_or_uncond"])
+        if seen or n < 2:
+            return whole
+        halves = [list(range(n // 2)), list(range(n // 2, n))]
+        calls = [split_call(args, kwargs, h) for h in halves]
+        seen["sequential"] = [executor(*a, **kw) for a, kw, _rows in calls]
+        seen["whole"] = [whole[rows] for _a, _kw, rows in calls]
+        out = {}
+        threads = [in_thread(lambda a=a, kw=kw: executor(*a, **kw), out, i) for i, (a, kw, _r) in enumerate(calls)]
+        handle = outer.model.diffusion_model.input_blocks[0].register_forward_pre_hook(pre_hook)
+        try:
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(timeout=120)
+        finally:
+            handle.remove()
+        seen["concurrent"] = [out.get(i) for i in range(2)]
+        return whole
+
+    outer.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "concurrency-test", check_threads)
+    patched = inject(mods, outer, styles)
+    sample(mods, patched, inversion, prompts["base"], prompts["empty"], styles)
+    assert seen, "no styled apply_model call with two or more chunks was seen"
+    for i in range(2):
+        assert seen["concurrent"][i] is not None, f"thread {i} raised (see the log)"
+        torch.testing.assert_close(seen["sequential"][i], seen["whole"][i], rtol=0, atol=1e-5)
+        torch.testing.assert_close(seen["concurrent"][i], seen["sequential"][i], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- hooked conditioning
+
+
+def hooked(mods, tiny, comfy_home, text: str):
+    """``text`` encoded by a CLIP that carries a LoRA hook (core CreateHookLora + SetClipHooks): a conditioning with
+    hooks, which makes a dynamic-VRAM guider swap in the non-dynamic delegate."""
+    import comfy_extras.nodes_hooks as hooks_nodes
+    import safetensors.torch
+
+    import nodes
+
+    name = "hook_lora.safetensors"
+    path = comfy_home.models / "loras" / name
+    if not path.exists():
+        import dst_core
+
+        safetensors.torch.save_file(dst_core.random_lora(tiny.model, seed=77), str(path))
+    (hook,) = hooks_nodes.CreateHookLora().create_hook(name, strength_model=0.7, strength_clip=0.0)
+    (clip,) = hooks_nodes.SetClipHooks().apply_hooks(tiny.clip, schedule_clip=False, apply_to_conds=True, hooks=hook)
+    (cond,) = nodes.CLIPTextEncode().encode(clip, text)
+    import comfy.sampler_helpers
+
+    assert comfy.sampler_helpers.cond_has_hooks(cond)
+    return cond
+
+
+def test_inversion_accepted_on_the_non_dynamic_delegate(tiny, mods, prompts, content, comfy_home):
+    """An inversion made on the MODEL is accepted by a sampler whose patched model is the MODEL's reloaded copy (what
+    ComfyUI's non-dynamic delegate is), with a hooked negative prompt, and gives the same latent as on the MODEL."""
+    import nodes
+
+    (model,) = nodes.CheckpointLoaderSimple().load_checkpoint(tiny.checkpoint)[:1]
+    if "force_deepcopy" not in inspect.signature(model.clone).parameters:
+        pytest.skip("this ComfyUI has no non-dynamic delegate (dynamic VRAM came with v0.12)")
+    delegate = model.clone(force_deepcopy=True)  # the reload get_non_dynamic_delegate() does, as a plain ModelPatcher
+    assert delegate.model is not model.model
+    inversion = mods.inversion.invert(model, content, STEPS, prompts["empty"], disable_pbar=True)
+    styles = two_styles(mods, tiny, prompts)
+    negative = hooked(mods, tiny, comfy_home, "ugly")
+    on_model = sample(mods, inject(mods, model, styles), inversion, prompts["base"], negative, styles)
+    on_delegate = sample(mods, inject(mods, delegate, styles), inversion, prompts["base"], negative, styles)
+    assert torch.equal(on_delegate, on_model)
+
+
+def test_hooked_negative_in_a_graph(tiny, comfy_home, run_graph):
+    """The two-style graph with its negative prompt from a hooked CLIP (CreateHookLora + SetClipHooks) runs, and the
+    hook changes the result."""
+    rt.write_two_style_inputs(comfy_home, tiny.model)
+    plain = rt.two_style_prompt(tiny.checkpoint, steps=STEPS)
+    with_hook = rt.two_style_prompt(tiny.checkpoint, steps=STEPS)
+    with_hook["20"] = {
+        "class_type": "CreateHookLora",
+        "inputs": {"lora_name": rt.LORA_NAMES[0], "strength_model": 0.7, "strength_clip": 0.0},
+    }
+    with_hook["21"] = {
+        "class_type": "SetClipHooks",
+        "inputs": {"clip": ["1", 1], "apply_to_conds": True, "schedule_clip": False, "hooks": ["20", 0]},
+    }
+    with_hook["9"]["inputs"]["clip"] = ["21", 0]
+    a = run_graph(plain).outputs("15")[0][0]["samples"]
+    b = run_graph(with_hook).outputs("15")[0][0]["samples"]
+    assert torch.isfinite(b).all()
+    assert not torch.equal(a, b)
