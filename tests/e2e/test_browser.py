@@ -56,6 +56,7 @@ CONTENT = (192, 256)  # height, width
 CLICKS = [{"x": 70, "y": 62, "negative": False}, {"x": 190, "y": 40, "negative": True}]
 BOX = [30, 100, 150, 170]
 REMOVE = {"x": 190, "y": 40}
+TYPED = '[{"x": 12, "y": 150, "label": 1}, {"x": 70, "y": 62, "label": 0}]'  # typed into the points text box
 POSITIVE = {"x": 70, "y": 62, "label": 1}
 NEGATIVE = {"x": 190, "y": 40, "label": 0}
 OURS = re.compile(r"/extensions/comfyui-diffstyler/|diffstyler", re.I)
@@ -213,7 +214,7 @@ def browser_run(node_bin, frontend, served, tmp_path_factory):
         "renderers": list(RENDERERS),
         "load": [{"name": n, "path": str(ROOT / "workflows" / f"{n}.json")} for n in WORKFLOWS],
         "templates": {"module": PACK_MODULE, "names": list(WORKFLOWS)},
-        "queue": {"path": str(queued), "click": CLICKS, "box": BOX, "remove": REMOVE},
+        "queue": {"path": str(queued), "click": CLICKS, "box": BOX, "remove": REMOVE, "typed": TYPED},
     }
     (work / "jobs.json").write_text(json.dumps(jobs), encoding="utf-8")
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -356,9 +357,11 @@ def test_the_editor_edits_the_prompts(browser_run, renderer):
     assert before["sources"]["base"] == before["upstreamUrl"] and before["sources"]["baseState"] == "loaded"
     assert before["rect"]["imageWidth"] == CONTENT[1] and before["rect"]["imageHeight"] == CONTENT[0]
     steps = {a["action"]: a for a in run["actions"]}
-    assert [a["action"] for a in run["actions"]] == ["click", "shift-click", "drag", "right-click", "undo", "redo"]
-    for a in run["actions"]:
-        assert a["hit"] is None or "canvas" in a["hit"] or a["action"] in ("undo", "redo"), (where, a["hit"])
+    assert [a["action"] for a in run["actions"]] == [
+        *("click", "shift-click", "drag", "right-click", "undo", "redo", "typed", "typed back")
+    ]
+    for a in run["actions"][:4]:
+        assert "diffstyler-fastsam-canvas" in a["hit"], f"{where}: the mouse reached {a['hit']}, not the editor"
     assert _points(steps["click"]["points"]) == [POSITIVE] and steps["click"]["mode"] == "points", where
     assert _points(steps["shift-click"]["points"]) == [POSITIVE, NEGATIVE], where
     (box,) = json.loads(steps["drag"]["boxes"])
@@ -369,9 +372,11 @@ def test_the_editor_edits_the_prompts(browser_run, renderer):
     assert _points(steps["undo"]["points"]) == [POSITIVE, NEGATIVE], f"{where}: Ctrl+Z brings the point back"
     assert json.loads(steps["undo"]["boxes"]) == [box] and steps["undo"]["hasEditor"]
     assert _points(steps["redo"]["points"]) == [POSITIVE], f"{where}: Ctrl+Y removes it again"
+    assert steps["typed"]["points"] == TYPED and steps["typed"]["prompts"]["points"] == json.loads(TYPED), where
+    assert _points(steps["typed back"]["points"]) == [POSITIVE] and steps["typed back"]["prompts"]["errors"] == []
     for a in run["actions"]:
         # the editor draws what the text says, and the text boxes on the node show the same text
-        assert a["prompts"]["points"] == _points(a["points"]) and a["prompts"]["errors"] == [], (where, a)
+        assert a["prompts"]["points"] == _points(a["points"]) and a["prompts"]["errors"] == [], (where, a["prompts"])
         assert a["shown"] == {"points": a["points"], "boxes": a["boxes"]}, (where, a["action"], a["shown"])
 
 

@@ -249,16 +249,16 @@ async function waitEditorPlaced(page, id) {
   throw new Error(`the editor canvas did not move into node ${id} (${JSON.stringify(box)}): ${JSON.stringify(where)}`);
 }
 
-/** Values the user sees in the node's `points` / `boxes` text boxes (DOM textareas), by widget name. */
-const SHOWN_TEXT = (id) => {
+/** The node's `points` / `boxes` text boxes (DOM textareas) the user sees, by widget name. */
+const TEXT_BOXES = (id) => {
   const node = window.app.graph.getNodeById(id);
-  const shown = {};
+  const found = {};
   const el = document.querySelector(`[data-node-id="${id}"]`);
   for (const name of ["points", "boxes"]) {
     const w = node.widgets.find((x) => x.name === name);
     const classic = w?.element ?? w?.inputEl;
     if (classic instanceof HTMLTextAreaElement && classic.isConnected && classic.offsetParent !== null) {
-      shown[name] = classic.value;
+      found[name] = classic;
     }
   }
   if (el && el.offsetParent !== null) {
@@ -267,16 +267,18 @@ const SHOWN_TEXT = (id) => {
       const row = ta.closest("[data-widget-name]") ?? ta.parentElement?.parentElement;
       const label = (row?.dataset?.widgetName ?? row?.textContent ?? "").trim();
       for (const name of ["points", "boxes"]) {
-        if (label === name || label.startsWith(name)) shown[name] = ta.value;
+        if (label === name || label.startsWith(name)) found[name] = ta;
       }
     }
   }
-  return shown;
+  return found;
 };
+const SHOWN_TEXT = (id) => Object.fromEntries(Object.entries(TEXT_BOXES(id)).map(([k, ta]) => [k, ta.value]));
 
 function editorState(page, nodeId) {
   return page.evaluate(
-    ({ id, shownText }) => {
+    ({ id, textBoxes, shownText }) => {
+      const TEXT_BOXES = new Function(`return (${textBoxes})`)();
       const node = window.app.graph.getNodeById(id);
       const ed = node.diffstylerEditor;
       const w = (name) => node.widgets.find((x) => x.name === name)?.value;
@@ -285,7 +287,7 @@ function editorState(page, nodeId) {
         mode: w("mode"),
         points: w("points"),
         boxes: w("boxes"),
-        shown: new Function(`return (${shownText})`)()(id),
+        shown: new Function("TEXT_BOXES", `return (${shownText})`)(TEXT_BOXES)(id),
         prompts: ed?.prompts(),
         sources: ed?.sources(),
         rect: ed?.imageRect(),
@@ -296,7 +298,7 @@ function editorState(page, nodeId) {
         nodeOutputKeys: Object.keys(window.app.nodeOutputs?.[String(id)] ?? {}),
       };
     },
-    { id: nodeId, shownText: SHOWN_TEXT.toString() },
+    { id: nodeId, textBoxes: TEXT_BOXES.toString(), shownText: SHOWN_TEXT.toString() },
   );
 }
 
@@ -402,6 +404,28 @@ async function driveEditor(page, job) {
   await chord(page, "Control+y");
   box = await waitEditorPlaced(page, id);
   await record("redo");
+  // typing in the points text box shows on the picture; typing the old text back restores it
+  const kept = run.actions.at(-1).points;
+  for (const [action, text] of [["typed", job.typed], ["typed back", kept]]) {
+    await page.evaluate(
+      ({ id, textBoxes }) => {
+        const TEXT_BOXES = new Function(`return (${textBoxes})`)();
+        document.querySelector("[data-diffstyler-test]")?.removeAttribute("data-diffstyler-test");
+        TEXT_BOXES(id).points?.setAttribute("data-diffstyler-test", "points");
+      },
+      { id, textBoxes: TEXT_BOXES.toString() },
+    );
+    await page.fill("[data-diffstyler-test=points]", text);
+    await page.evaluate(() => document.activeElement?.blur?.());
+    await waitFor(
+      page,
+      ({ id, text }) => window.app.graph.getNodeById(id).diffstylerEditor.signature.includes(text),
+      { id, text },
+      `the editor to redraw with the typed points ${text}`,
+      10000,
+    );
+    await record(action);
+  }
   step("edited in the editor");
   if (job.edits_only) return run; // for working on the script: no prompt run
   // Every renderer runs the same edits: without the server's cache the prompt runs again (a cached FastSAM
