@@ -490,7 +490,12 @@ async function openApp(page, renderer) {
   const settings = await fetch(`${args.url}/api/settings`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ "Comfy.TutorialCompleted": true, "Comfy.VueNodes.Enabled": renderer === "vue" }),
+    // no restore of the previous page's workflow: it would race with the first loadGraphData of this page
+    body: JSON.stringify({
+      "Comfy.TutorialCompleted": true,
+      "Comfy.Workflow.Persist": false,
+      "Comfy.VueNodes.Enabled": renderer === "vue",
+    }),
   });
   if (!settings.ok) throw new Error(`POST /api/settings answered ${settings.status}`);
   await page.goto(args.url, { waitUntil: "domcontentloaded" });
@@ -513,36 +518,45 @@ async function openApp(page, renderer) {
   }));
 }
 
-async function main() {
-  fs.mkdirSync(args.screenshots, { recursive: true });
-  const context = await chromium.launchPersistentContext(args["user-data-dir"], {
+/** A fresh browser profile (no stored workflows or tabs) with the page's messages recorded under `phase`. */
+async function newPage(renderer) {
+  const context = await chromium.launchPersistentContext(`${args["user-data-dir"]}_${renderer}`, {
     executablePath: args.chromium || "/usr/bin/chromium",
     headless: true,
     args: CHROMIUM_ARGS,
     viewport: { width: 1600, height: 1000 },
   });
+  await context.addInitScript(INIT_SCRIPT);
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.on("console", (m) => {
+    if (["error", "warning", "assert"].includes(m.type())) {
+      const loc = m.location() ?? {};
+      result.console.push({ renderer: phase, type: m.type(), text: m.text(), url: loc.url ?? "" });
+    }
+  });
+  page.on("pageerror", (e) => result.pageErrors.push({ renderer: phase, message: e.message, stack: e.stack ?? "" }));
+  page.on("requestfailed", (r) =>
+    result.failedRequests.push({ renderer: phase, url: r.url(), error: r.failure()?.errorText }),
+  );
+  page.on("response", (r) => {
+    if (r.status() >= 400) result.failedRequests.push({ renderer: phase, url: r.url(), status: r.status() });
+  });
+  return { context, page };
+}
+
+async function collectDeprecations(page) {
+  const seen = await page.evaluate(() => window.__diffstylerDeprecations ?? []).catch(() => []);
+  result.deprecations.push(...seen.map((d) => ({ renderer: phase, ...d })));
+}
+
+async function main() {
+  fs.mkdirSync(args.screenshots, { recursive: true });
+  let current = null;
   try {
-    await context.addInitScript(INIT_SCRIPT);
-    const page = context.pages()[0] ?? (await context.newPage());
-    page.on("console", (m) => {
-      if (["error", "warning", "assert"].includes(m.type())) {
-        const loc = m.location() ?? {};
-        result.console.push({ renderer: phase, type: m.type(), text: m.text(), url: loc.url ?? "" });
-      }
-    });
-    page.on("pageerror", (e) => result.pageErrors.push({ renderer: phase, message: e.message, stack: e.stack ?? "" }));
-    page.on("requestfailed", (r) =>
-      result.failedRequests.push({ renderer: phase, url: r.url(), error: r.failure()?.errorText }),
-    );
-    page.on("response", (r) => {
-      if (r.status() >= 400) result.failedRequests.push({ renderer: phase, url: r.url(), status: r.status() });
-    });
-    const collectDeprecations = async () => {
-      const seen = await page.evaluate(() => window.__diffstylerDeprecations ?? []).catch(() => []);
-      result.deprecations.push(...seen.map((d) => ({ renderer: phase, ...d })));
-    };
     for (const renderer of jobs.renderers) {
       phase = renderer;
+      current = await newPage(renderer);
+      const { page } = current;
       const out = { workflows: {} };
       result.renderers[renderer] = out;
       Object.assign(out, await openApp(page, renderer));
@@ -556,21 +570,21 @@ async function main() {
         step(`loaded ${job.name}`);
       }
       if (jobs.queue) out.run = await driveEditor(page, jobs.queue);
-      await collectDeprecations();
+      await collectDeprecations(page);
+      await current.context.close();
+      current = null;
     }
     phase = "end";
   } catch (e) {
     result.error = `[${phase}] ${String(e?.stack ?? e)}`;
-    const page = context.pages()[0];
-    if (page) {
-      await page.screenshot({ path: shot("_error") }).catch(() => {});
-      const seen = await page.evaluate(() => window.__diffstylerDeprecations ?? []).catch(() => []);
-      result.deprecations.push(...seen.map((d) => ({ renderer: phase, ...d })));
+    if (current) {
+      await current.page.screenshot({ path: shot("_error") }).catch(() => {});
+      await collectDeprecations(current.page);
     }
   } finally {
     result.ms = Date.now() - started;
     fs.writeFileSync(args.out, JSON.stringify(result, null, 1));
-    await context.close();
+    await current?.context.close();
   }
 }
 
