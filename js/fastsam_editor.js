@@ -21,6 +21,8 @@ const HINT = "Run once or connect a LoadImage to place points";
 const HELP = "click: + point · shift-click: − point · drag: box · right-click: remove";
 const MIN_HEIGHT = 220;
 const PADDING = 6;
+/** How often (ms) an editor checks its picture and its place on the page (see FastSAMEditor.tick). */
+const TICK_MS = 400;
 const LISTS = {
   points: { parse: geo.parsePoints, serialize: geo.serializePoints },
   boxes: { parse: geo.parseBoxes, serialize: geo.serializeBoxes },
@@ -66,6 +68,7 @@ class FastSAMEditor {
     this.notice = "";
     this.signature = "";
     this.listen();
+    this.timer = window.setInterval?.(() => guarded(node, () => this.tick()), TICK_MS);
     if (typeof ResizeObserver !== "undefined") {
       this.resizeObserver = new ResizeObserver(() => this.redraw());
       this.resizeObserver.observe(this.canvas);
@@ -96,8 +99,39 @@ class FastSAMEditor {
   }
 
   dispose() {
+    if (this.timer != null) window.clearInterval?.(this.timer);
     this.resizeObserver?.disconnect();
     this.images.clear();
+    // Nodes 2.0 may keep this element on the page for the node that replaces this one (same id: undo, redo,
+    // a reload of the graph): mark it so that the new node's editor takes its place (see adoptPlace).
+    this.element.dataset.diffstylerOrphan = String(this.node.id);
+  }
+
+  /**
+   * Periodic check. The classic canvas calls sync() from the node's foreground draw; Nodes 2.0 draws nodes
+   * as HTML and never calls it, so the picture would miss a change of the connected LoadImage there.
+   */
+  tick() {
+    if (this.element.isConnected) this.sync();
+    else this.adoptPlace();
+  }
+
+  /**
+   * Takes the place of a disposed editor of a node with this node's id that is still on the page. Nodes 2.0
+   * (frontends 1.35 to 1.58) keeps the HTML of a node whose id survives a graph reload (undo/redo) and mounts
+   * a DOM widget only when that HTML is first built, so the new node's editor would otherwise never show and
+   * the old one would edit a removed node.
+   */
+  adoptPlace() {
+    if (this.element.isConnected || this.node.id == null) return false;
+    const id = String(this.node.id);
+    const stale = [...document.querySelectorAll("[data-diffstyler-orphan]")].find(
+      (el) => el.dataset.diffstylerOrphan === id && el.isConnected && el !== this.element,
+    );
+    if (!stale) return false;
+    stale.replaceWith(this.element);
+    this.redraw();
+    return true;
   }
 
   /** `/view` URL of a LoadImage connected directly to the `image` input, else null. */
@@ -382,7 +416,10 @@ app.registerExtension({
     });
     hook(proto, "onExecuted", (editor, output) => editor.onExecuted(output));
     hook(proto, "onConnectionsChange", (editor) => editor.sync());
-    hook(proto, "onConfigure", (editor) => editor.redraw());
+    hook(proto, "onConfigure", (editor) => {
+      editor.adoptPlace();
+      editor.redraw();
+    });
     hook(proto, "onDrawForeground", (editor) => editor.sync());
     hook(proto, "onRemoved", (editor) => editor.dispose());
   },

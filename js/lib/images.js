@@ -49,16 +49,35 @@ export function loadImageValueToRef(value) {
 export const LOADER_NODES = Object.freeze(["LoadImage", "LoadImageOutput"]);
 
 /**
+ * The node directly connected to input `slot` of `node`, or null. Uses the node's connectivity API
+ * (`isInputConnected` / `getInputLink`, frontends 1.35 to 1.58+); reading `input.link` is deprecated since
+ * 1.58 and is only the fallback for nodes without that API.
+ * @param {any} node
+ * @param {number} slot
+ * @returns {any} the upstream node, or null
+ */
+function upstreamNode(node, slot) {
+  if (typeof node.isInputConnected === "function" && typeof node.getInputLink === "function") {
+    if (!node.isInputConnected(slot)) return null;
+    const link = node.getInputLink(slot);
+    return link == null ? null : (node.graph.getNodeById?.(link.origin_id) ?? null);
+  }
+  if (node.inputs[slot].link == null) return null;
+  return node.getInputNode?.(slot) ?? null;
+}
+
+/**
  * The `image` widget value of a loader node (LOADER_NODES) connected directly to `node`'s input
- * `inputName`, or null. Works on any LiteGraph-like node: `inputs[i].link`, `getInputNode(i)`, `widgets`.
+ * `inputName`, or null. Works on any LiteGraph-like node: `isInputConnected(i)` / `getInputLink(i)` and
+ * `graph.getNodeById`, else (older API) `inputs[i].link` and `getInputNode(i)`; and `widgets`.
  * @param {any} node
  * @param {string} inputName
  * @returns {unknown} the widget value, or null when nothing (or another node type) is connected
  */
 export function connectedLoaderValue(node, inputName) {
   const slot = node?.inputs?.findIndex((input) => input?.name === inputName) ?? -1;
-  if (slot < 0 || node.inputs[slot].link == null || !node.graph) return null;
-  const upstream = node.getInputNode?.(slot);
+  if (slot < 0 || !node.graph) return null;
+  const upstream = upstreamNode(node, slot);
   const kind = upstream?.constructor?.comfyClass ?? upstream?.comfyClass ?? upstream?.type;
   if (!LOADER_NODES.includes(kind)) return null;
   return upstream.widgets?.find((w) => w.name === "image")?.value ?? null;

@@ -18,6 +18,19 @@ class FakeElement {
   constructor(tag) {
     Object.assign(this, { tagName: tag.toUpperCase(), style: {}, dataset: {}, children: [], listeners: {} });
     Object.assign(this, { clientWidth: 0, clientHeight: 0, width: 300, height: 150, bounds: null, captured: new Set() });
+    this.isConnected = false;
+  }
+  /** Puts the element on the fake page (document.querySelectorAll finds it). */
+  attach() {
+    this.isConnected = true;
+    onPage.add(this);
+    return this;
+  }
+  replaceWith(other) {
+    this.isConnected = false;
+    onPage.delete(this);
+    other.attach();
+    this.replacedBy = other;
   }
   appendChild(child) {
     this.children.push(child);
@@ -52,6 +65,10 @@ class FakeElement {
     this.captured.delete(id);
   }
 }
+
+/** Elements on the fake page, and the callbacks of window.setInterval (null once cleared). */
+const onPage = new Set();
+const timers = [];
 
 /** Image stand-in: loads resolve when the test calls finishLoads(), sizes by URL substring. */
 const pendingImages = [];
@@ -123,8 +140,18 @@ before(async () => {
   writeFileSync(join(root, "scripts", "api.js"), "export const api = globalThis.__testApi;\n");
   cpSync(JS_DIR, join(root, "extensions", "diffstyler"), { recursive: true });
   writeFileSync(join(root, "package.json"), '{"type": "module"}\n');
-  globalThis.window = { devicePixelRatio: 1 };
-  globalThis.document = { createElement: (tag) => new FakeElement(tag) };
+  globalThis.window = {
+    devicePixelRatio: 1,
+    setInterval: (fn) => timers.push(fn),
+    clearInterval: (id) => (timers[id - 1] = null),
+  };
+  globalThis.document = {
+    createElement: (tag) => new FakeElement(tag),
+    querySelectorAll: (selector) => {
+      assert.equal(selector, "[data-diffstyler-orphan]");
+      return [...onPage].filter((el) => el.dataset.diffstylerOrphan !== undefined);
+    },
+  };
   globalThis.Image = FakeImage;
   globalThis.__testApi = { apiURL: (route) => `/api${route}` };
   globalThis.__testApp = {
@@ -298,6 +325,43 @@ describe("with a connected LoadImage", () => {
     w(node, "Clear prompts").callback();
     assert.equal(w(node, "points").value, "[]");
     assert.equal(w(node, "boxes").value, "[]");
+  });
+});
+
+describe("Nodes 2.0 (the node is HTML: no foreground draw, kept across a graph reload)", () => {
+  const tick = (node) => timers[node.diffstylerEditor.timer - 1]();
+
+  test("the periodic check redraws when the connected LoadImage changes", () => {
+    const node = createNodeWithImage();
+    node.diffstylerEditor.element.attach();
+    node.upstream = loadImage("dog.png");
+    tick(node);
+    finishLoads({ "dog.png": [320, 640] });
+    assert.equal(node.diffstylerEditor.imageRect().imageHeight, 640);
+    assert.ok(node.diffstylerEditor.canvas.ctx.calls.some((c) => c.name === "drawImage" && c.args[0].url.includes("dog")));
+  });
+
+  test("a node that replaces a removed one with its id takes the removed editor's place on the page", () => {
+    const old = createNodeWithImage();
+    const oldElement = old.diffstylerEditor.element.attach();
+    const oldTimer = old.diffstylerEditor.timer;
+    old.onRemoved();
+    assert.equal(timers[oldTimer - 1], null, "a removed node's check stops");
+    assert.equal(oldElement.isConnected, true, "the page (Nodes 2.0) kept the removed node's editor");
+    const other = createNode();
+    other.id = 4;
+    other.onConfigure({});
+    assert.equal(other.diffstylerEditor.element.isConnected, false, "only a node with the same id takes it");
+    const node = createNode();
+    node.onConfigure({});
+    assert.equal(oldElement.replacedBy, node.diffstylerEditor.element);
+    assert.equal(node.diffstylerEditor.element.isConnected, true);
+    oldElement.attach(); // a second place is taken by the periodic check as well
+    const again = createNode();
+    tick(again);
+    assert.equal(oldElement.replacedBy, again.diffstylerEditor.element);
+    for (const el of onPage) el.isConnected = false;
+    onPage.clear();
   });
 });
 

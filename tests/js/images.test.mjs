@@ -75,13 +75,36 @@ describe("chooseSources", () => {
 
 describe("connectedLoaderValue", () => {
   const loader = (type, value) => ({ type, widgets: [{ name: "upload" }, { name: "image", value }] });
-  const node = (upstream, link = 7) => ({
+  // A node as frontend 1.58 has it: connectivity through isInputConnected/getInputLink; reading `input.link`
+  // is deprecated there (the getter warns), so this fake throws on it.
+  const slotWithoutLink = (name, link) => {
+    const slot = { name };
+    Object.defineProperty(slot, "link", {
+      get() {
+        throw new Error("input.link is deprecated: use node.isInputConnected(slot) / node.getInputLink(slot)");
+      },
+    });
+    slot.linkId = link;
+    return slot;
+  };
+  const node = (upstream, link = 7) => {
+    const inputs = [slotWithoutLink("model", 1), slotWithoutLink("image", link)];
+    const links = new Map([[1, { id: 1, origin_id: 90 }], [7, { id: 7, origin_id: 91 }]]);
+    return {
+      graph: { getNodeById: (id) => (id === 91 ? upstream : null) },
+      inputs,
+      isInputConnected: (slot) => inputs[slot].linkId != null,
+      getInputLink: (slot) => links.get(inputs[slot].linkId) ?? null,
+    };
+  };
+  // A node from a frontend without those methods (the fallback): `inputs[i].link` and getInputNode.
+  const legacyNode = (upstream, link = 7) => ({
     graph: {},
     inputs: [{ name: "model", link: 1 }, { name: "image", link }],
     getInputNode: (slot) => (slot === 1 ? upstream : null),
   });
 
-  test("reads the image widget of a directly connected LoadImage / LoadImageOutput", () => {
+  test("reads the image widget of a directly connected LoadImage / LoadImageOutput without input.link", () => {
     assert.deepEqual(LOADER_NODES, ["LoadImage", "LoadImageOutput"]);
     assert.equal(connectedLoaderValue(node(loader("LoadImage", "sub/a.png")), "image"), "sub/a.png");
     assert.equal(connectedLoaderValue(node(loader("LoadImageOutput", "b.png [output]")), "image"), "b.png [output]");
@@ -89,10 +112,17 @@ describe("connectedLoaderValue", () => {
     assert.equal(connectedLoaderValue(node(classed), "image"), "c.png");
   });
 
+  test("falls back to input.link and getInputNode where the node has no isInputConnected/getInputLink", () => {
+    assert.equal(connectedLoaderValue(legacyNode(loader("LoadImage", "sub/a.png")), "image"), "sub/a.png");
+    assert.equal(connectedLoaderValue(legacyNode(loader("LoadImage", "a.png"), null), "image"), null);
+    assert.equal(connectedLoaderValue(legacyNode(loader("ImageScale", "a.png")), "image"), null);
+  });
+
   test("null when unlinked, not a loader, or without a graph", () => {
     assert.equal(connectedLoaderValue(node(loader("LoadImage", "a.png"), null), "image"), null);
     assert.equal(connectedLoaderValue(node(loader("ImageScale", "a.png")), "image"), null);
     assert.equal(connectedLoaderValue(node(null), "image"), null);
+    assert.equal(connectedLoaderValue(node(loader("LoadImage", "a.png"), 8), "image"), null, "a link id the graph lacks");
     assert.equal(connectedLoaderValue({ ...node(loader("LoadImage", "a.png")), graph: null }, "image"), null);
     assert.equal(connectedLoaderValue({ inputs: [] }, "image"), null);
     assert.equal(connectedLoaderValue(undefined, "image"), null);
