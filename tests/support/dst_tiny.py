@@ -258,7 +258,10 @@ def tiny_unet(kind: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     else:
         raise ValueError(kind)
     model = config.get_model({})
-    sd = randomize_state_dict(model.state_dict(), seed)
+    # the weights only: the model_sampling buffers (sigmas, log_sigmas) are the noise schedule, not weights
+    sd = {
+        k: v for k, v in randomize_state_dict(model.state_dict(), seed).items() if not k.startswith("model_sampling.")
+    }
     model.load_state_dict(sd, strict=False)
     return _patcher(model)
 

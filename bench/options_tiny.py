@@ -1,0 +1,119 @@
+"""Each named option's deviation from the defaults on the tests' tiny SD1.5 model (issue: fidelity).
+
+The fidelity tests' set-up (tests/comfy/test_fidelity.py: the tiny SD1.5 checkpoint, a 64x64 content picture,
+10 steps, cfg 10.5, random LoRAs, overlapping masks with a feathered edge). For every option: the final latent's
+``|option - defaults| / |defaults|``, the same over the style effect ``|defaults - plain DDIM|`` and the UNet rows
+per step, k = 1 and 2, in one run. ``bench/options.py`` gives the grids' cost on a narrow SD1.5 UNet.
+
+    python bench/options_tiny.py
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def main():
+    for p in (ROOT / "tests", ROOT / "tests" / "support", ROOT / "tests" / "comfy"):
+        sys.path.insert(0, str(p))
+    import comfy_setup
+    import conftest
+
+    home = comfy_setup.setup(conftest.find_comfyui(), pathlib.Path(tempfile.mkdtemp()))
+    tiny = comfy_setup.tiny_models(home)
+    import logging
+
+    logging.getLogger().setLevel(logging.WARNING)
+    import comfy.patcher_extension
+    import dst_core
+    import test_fidelity as tf
+    import torch
+    from comfyui_diffstyler.nodes import inject, sample, style
+    from comfyui_diffstyler.nodes.adapters import inversion
+
+    class M:
+        pass
+
+    m = M()
+    m.inv, m.inject, m.sample, m.style = inversion, inject, sample, style
+    img = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
+    lat = tiny.vae.encode(img).float()
+
+    def enc(t):
+        return tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(t))
+
+    prompts = {
+        "empty": enc(""),
+        "base": enc(""),
+        "neg": enc("ugly, blurry, black, low res, unrealistic"),
+        "styles": [enc("painting of <sss>, deer, grass"), enc("sketch of grass"), enc("mosaic of a deer")],
+    }
+    rows = {"n": 0}
+
+    def count(ex, x, *a, **kw):
+        rows["n"] += int(x.shape[0])
+        return ex(x, *a, **kw)
+
+    model = tiny.model.clone()
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "bench_rows", count)
+    case = tf.Case("sd15", model, lat, prompts)
+    invs = {g: inversion.invert(model, lat, 10, prompts["empty"], disable_pbar=True, grid=g) for g in tf_grids()}
+    cached = inversion.invert(model, lat, 10, prompts["empty"], disable_pbar=True, cache_dtype="fp32")
+    out = {}
+    for k in (1, 2):
+
+        def run(inv="fine", **kw):
+            rows["n"] = 0
+            bg = kw.pop("background", "exact")
+            use = cached if inv == "cache" else invs[inv]
+            r = tf.run_pack(m, case, k, bg, use, **kw)
+            return r, rows["n"] / 10
+
+        base, base_rows = run()
+        x_t = inversion.latent_out(model, invs["fine"].trajectory[0])
+        plain = dst_core.plain_ddim(tiny.model, x_t, 10, prompts["base"], prompts["neg"], 10.5)
+        effect = float((base - plain).norm())
+        cases = {
+            "defaults (background exact)": {},
+            "background = model (released)": {"background": "model"},
+            "content_rows = shared": {"content_rows": "shared"},
+            "lora_in_injected_attention on": {"lora_in_attention": True},
+            "masks = soft": {"masks": "soft"},
+            "inversion_grid = fine/2": {"inv": "fine/2"},
+            "inversion_grid = fine/10": {"inv": "fine/10"},
+            "inversion_grid = sampling": {"inv": "sampling"},
+            "feature_cache (fp32)": {"inv": "cache"},
+            "feature_cache + fusion = feature": {"inv": "cache", "fusion": "feature"},
+        }
+        for name, kw in cases.items():
+            got, r = run(**kw)
+            out[f"{name} | k={k}"] = {
+                "rel_to_defaults": float((got - base).norm() / base.norm()),
+                "rel_to_style_effect": float((got - base).norm()) / effect,
+                "rows_per_step": r,
+            }
+        model_bg, _r = run(background="model")
+        for name, kw in (("base_injection = style windows", {"base_injection": "style windows"}),):
+            got, r = run(background="model", **kw)
+            out[f"{name} (vs background model) | k={k}"] = {
+                "rel_to_defaults": float((got - model_bg).norm() / model_bg.norm()),
+                "rel_to_style_effect": float((got - model_bg).norm()) / effect,
+                "rows_per_step": r,
+            }
+    print(f"{'option':<56}{'rel diff':>10}{'/ style':>10}{'rows/step':>11}")
+    for name, r in out.items():
+        print(f"{name:<56}{r['rel_to_defaults']:>10.4f}{r['rel_to_style_effect']:>10.4f}{r['rows_per_step']:>11.1f}")
+    print(json.dumps(out))
+
+
+def tf_grids():
+    return ("fine", "fine/2", "fine/10", "sampling")
+
+
+if __name__ == "__main__":
+    main()
