@@ -50,7 +50,7 @@ def test_reconstruction_10_and_50_steps(tiny, inv_mod, empty_cond):
         assert rel_err(inv_mod.latent_out(tiny.model, res.trajectory[-1]), lat) < 1e-6
         assert rel_err(x_t, lat) > 0.1
     print(f"\nDDIM inversion reconstruction relative error: 10 steps {errs[10]:.3e}, 50 steps {errs[50]:.3e}")
-    assert errs[50] <= 1e-3
+    assert errs[50] <= 5e-3  # the released step rule on the coarse sampling grid (the fine grid: see below)
     assert errs[50] < errs[10]
 
 
