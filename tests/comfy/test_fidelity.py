@@ -191,7 +191,13 @@ def test_sd2v_and_sdxl_defaults_equal_the_released_pipeline(mods, request, case_
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "option",
-    ["content_rows=shared", "lora_in_injected_attention", "masks=soft", "base_injection=style windows", "grid=sampling"],
+    [
+        "content_rows=shared",
+        "lora_in_injected_attention",
+        "masks=soft",
+        "base_injection=style windows",
+        "grid=sampling",
+    ],
 )
 def test_each_speed_up_option_departs_from_the_released_pipeline(mods, sd15, option):
     """The oracle can tell: each option that changes one Sec. 5 rule moves the result outside the tolerance (so
