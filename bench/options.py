@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import common
@@ -54,28 +53,13 @@ def counting(patcher):
 
 
 def plain_released(model, x_t, steps, pos, neg, cfg):
-    """ComfyUI's ddim sampler from ``x_t`` with the released last step (to alphas_cumprod[0], the VP latent)."""
-    import comfy.sample
-    import comfy.samplers
-    import torch
+    """ComfyUI's ddim sampler from ``x_t`` with the released last step: the tests' ``dst_core.plain_ddim``."""
+    import sys
 
-    ms = model.get_model_object("model_sampling")
-    sigmas = comfy.samplers.calculate_sigmas(ms, "ddim_uniform", steps).cpu()
-    smin = float(ms.sigma_min)
-    sigmas[-1] = smin
-    out = comfy.sample.sample_custom(
-        model,
-        torch.zeros_like(x_t),
-        cfg,
-        comfy.samplers.sampler_object("ddim"),
-        sigmas,
-        pos,
-        neg,
-        x_t,
-        disable_pbar=True,
-        seed=0,
-    )
-    return out / math.sqrt(1.0 + smin * smin)
+    sys.path.insert(0, str(common.ROOT / "tests" / "support"))
+    import dst_core
+
+    return dst_core.plain_ddim(model, x_t, steps, pos, neg, cfg)
 
 
 def main():

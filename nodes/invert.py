@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._api import io
 from .adapters import inversion
+from .core.schedule import GRIDS
 
 INVERSION = io.Custom("DIFFSTYLER_INVERSION")
 
@@ -72,7 +73,7 @@ class DiffStylerInvert(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "inversion_grid",
-                    options=["fine", "fine/2", "fine/5", "fine/10", "sampling"],
+                    options=list(GRIDS),
                     default="fine",
                     optional=True,
                     tooltip="Timesteps the inversion walks. fine: every timestep t = 1, 2, ... (the released "

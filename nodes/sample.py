@@ -7,6 +7,7 @@ import latent_preview
 
 from ._api import io
 from .adapters.guider import BACKGROUNDS, DiffStylerGuider, ddim_sampler
+from .core.masks import MASK_MODES
 from .invert import INVERSION
 from .style import STYLES
 
@@ -49,7 +50,7 @@ def _common_inputs():
         ),
         io.Combo.Input(
             "masks",
-            options=["hard", "soft"],
+            options=list(MASK_MODES),
             default="hard",
             optional=True,
             tooltip="hard (the released pipeline): each mask is resized bilinearly to the latent grid and every "

@@ -136,7 +136,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         # released: the base branch injects ResBlock features and Q/K on every step; "style windows" is our option
         base_windows = (1.0, 1.0) if s.get("base_injection", "all steps") == "all steps" else style_windows
         per_style = s.get("content_rows", "per style") == "per style"
-        lora_styles = set(getattr(self.state, "lora_styles", range(len(self.styles))))
+        lora_styles = self.state.lora_styles
         sources, windows = {}, {}
         for br in branches:
             if br == base_branch:

@@ -131,10 +131,6 @@ class RunPlan:
     # the guider's handler for calc_cond_batch calls while the run is active: (executor, model, conds, x, t, options)
     cond_batch_handler: object = None
 
-    @property
-    def inject_branches(self) -> set[int]:
-        return set(self.branch_source)
-
     def timestep_at(self, step: int) -> float:
         if self.timesteps is None:
             sig = self.sample_sigmas

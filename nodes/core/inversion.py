@@ -96,8 +96,6 @@ class InversionResult:
     feature_cache: FeatureCache | None = None
     grid: str = "fine"
     unet_rows: int = 0
-    # per-style content-feature caches filled by sampling runs (``adapters.content_cache``); freed with this object
-    content_caches: dict = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
