@@ -230,7 +230,7 @@ def test_check_workflow_finds_broken_files(infos):
     model_link = next(link for link in wf["links"] if link[3] == injector["id"] and link[5] == "MODEL")
     model_link[5] = "IMAGE"
     problems = "\n".join(wt.check_workflow(wf, infos))
-    assert "1 widget values for 2 widgets" in problems
+    assert "1 widget values for 3 widgets (cfg, background, masks)" in problems
     assert "required input inversion (DIFFSTYLER_INVERSION) is not connected" in problems
     assert "qk_blend = 'sideways'" in problems
     assert f"link {model_link[0]}: type IMAGE but node" in problems
