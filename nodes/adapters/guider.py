@@ -19,7 +19,7 @@ from tqdm.auto import trange
 
 from ..core.inversion import InversionResult
 from ..core.masks import MASK_MODES, fuse, fusion_weights, inside_region, is_empty, resize_mask_to_latent
-from ..core.schedule import ddim_step
+from ..core.schedule import ddim_step, find_sigma_index
 from ..core.styles import Style
 from . import inversion as inversion_adapter
 from . import patches
@@ -91,15 +91,67 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
                     "DiffStyler: style %d (%s) has an all-zero mask at latent size; it is skipped", i + 1, s.name
                 )
                 continue
+            if s.never_active:  # an empty step range: exactly as if the style were absent
+                logger.info("DiffStyler: style %d (%s) has an empty step range; it is skipped", i + 1, s.name)
+                continue
             self.active.append(i)
             masks.append(m)
         self.masks = masks
-        if masks:
-            self.weights, self.bg_weight = fusion_weights(masks)
-            self.inside = inside_region(masks)
-        else:
-            self.weights, self.bg_weight = [], torch.ones(b, 1, h, w)
-            self.inside = torch.zeros(b, 1, h, w, dtype=torch.bool)
+        self._masks_by_style = dict(zip(self.active, masks))
+        timed = [i for i in self.active if self.styles[i].timed]
+        if timed and self.state.settings.get("fusion") == "feature":
+            i = timed[0]
+            raise ValueError(
+                f"styles: style {i + 1} ({self.styles[i].name}) is active on part of the sampling only "
+                f"({self.styles[i].start_percent} to {self.styles[i].end_percent}), which feature fusion does not "
+                "support: set the Injector's fusion to 'noise', or the style's range to 0 - 1"
+            )
+        # the styles active at each sampling step: ComfyUI's rule for a timestep range (ConditioningSetTimestepRange):
+        # active where percent_to_sigma(end) <= sigma <= percent_to_sigma(start)
+        ms = self.model_patcher.get_model_object("model_sampling")
+        bounds = {}
+        for i in self.active:
+            st = self.styles[i]
+            bounds[i] = (float(ms.percent_to_sigma(st.start_percent)), float(ms.percent_to_sigma(st.end_percent)))
+        sigmas = self.inversion.sigmas.tolist()
+        self.step_styles: list[tuple[int, ...]] = [
+            tuple(i for i in self.active if bounds[i][1] <= sig <= bounds[i][0]) for sig in sigmas[:-1]
+        ]
+        self._phases: dict[tuple[int, ...], tuple] = {}
+        self.weights, self.bg_weight, self.inside = self._phase(tuple(self.active))
+        # the region whose latent the run returns as styled (exact background): the styles active at the last step
+        self.final_inside = self._phase(self.step_styles[-1] if self.step_styles else ())[2]
+
+    def _phase(self, styles: tuple[int, ...]):
+        """(fusion weights, background weight, inside) for the styles active together (painter's order)."""
+        if styles not in self._phases:
+            b, _c, h, w = self.inversion.content_latent.shape
+            masks = [self._masks_by_style[i] for i in styles]
+            if masks:
+                weights, bg = fusion_weights(masks)
+                inside = inside_region(masks)
+            else:
+                weights, bg = [], torch.ones(b, 1, h, w)
+                inside = torch.zeros(b, 1, h, w, dtype=torch.bool)
+            self._phases[styles] = (weights, bg, inside)
+        return self._phases[styles]
+
+    def _device_phase(self, step: int, x):
+        """``_phase`` of the styles active at sampling step ``step``, on ``x``'s device and dtype (kept per run)."""
+        styles = self.step_styles[step] if 0 <= step < len(self.step_styles) else tuple(self.active)
+        key = (styles, x.device, x.dtype)
+        if key not in self._dev_phases:
+            weights, bg, inside = self._phase(styles)
+            self._dev_phases[key] = (
+                styles,
+                [w.to(x.device, x.dtype) for w in weights],
+                bg.to(x.device, x.dtype),
+                inside.to(x.device),
+            )
+        return self._dev_phases[key]
+
+    def _step_of(self, timestep) -> int:
+        return find_sigma_index(self.inversion.sigmas, timestep.flatten()[0] if torch.is_tensor(timestep) else timestep)
 
     def _activate(self, x, timestep, model_options):
         inv = self.inversion
@@ -176,10 +228,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         self._run.latent_hw = tuple(x.shape[-2:])
         self._run.cond_batch_handler = self._cond_batch
         self.state.run = self._run
-        dev = x.device
-        self._dev_weights = [w.to(dev, x.dtype) for w in self.weights]
-        self._dev_bg_weight = self.bg_weight.to(dev, x.dtype)
-        self._dev_inside = self.inside.to(dev)
+        self._dev_phases = {}
         self._content_x0 = traj[-1]
 
     def _check_areas(self, hw):
@@ -221,11 +270,11 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         # call it or a hook makes reaches _cond_batch through the Injector's CALC_COND_BATCH wrapper
         return super().predict_noise(x, timestep, model_options, seed)
 
-    def _fused_pair(self, out, x):
+    def _fused_pair(self, out, x, step):
         """(cond, uncond or None) of a calc_cond_batch output laid out as ``self._conds_list``: fused by mask."""
         if self._fused:  # one cond/uncond pair shared by every style
             return out[0], (out[1] if self._uncond else None)
-        return self._fuse_branches(out, x)
+        return self._fuse_branches(out, x, step)
 
     def _cond_batch(self, executor, model, conds, x, timestep, model_options):
         """Every calc_cond_batch call of the run: the sampling function's ``[positive, negative]`` (``[positive,
@@ -235,6 +284,9 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         for each branch's own cond (uncond) prompt; another conditioning replaces each branch's cond prompt. One
         UNet batch (``self._conds_list``'s layout) per cond/uncond pair of entries."""
         positive, negative = self.conds.get("positive"), self.conds.get("negative")
+        step = self._step_of(timestep)
+        live = set(self._device_phase(step, x)[0])  # the styles active at this step: no rows for the others
+        base_branch = len(self.styles)
         results = [torch.zeros_like(x) if entry is None else None for entry in conds]  # as calc_cond_batch does
         pending = [(i, entry is negative and self._uncond) for i, entry in enumerate(conds) if entry is not None]
         while pending:
@@ -246,15 +298,19 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
                     batch[uncond] = i
             pending = rest
             layout = []
-            for p, (_branch, uncond) in enumerate(self._run.roles):
+            for p, (branch, uncond) in enumerate(self._run.roles):
                 i = batch.get(uncond)
-                if i is None:
+                if i is None or (branch < base_branch and branch not in live):
                     layout.append(None)
                 elif uncond or conds[i] is positive:
                     layout.append(self._conds_list[p])
                 else:
                     layout.append(conds[i])
-            cond_f, uncond_f = self._fused_pair(executor(model, layout, x, timestep, model_options), x)
+            if any(entry is not None for entry in layout):
+                out = executor(model, layout, x, timestep, model_options)
+            else:  # no style active and an exact background: no UNet call at all
+                out = [torch.zeros_like(x) for _entry in layout]
+            cond_f, uncond_f = self._fused_pair(out, x, step)
             for uncond, i in batch.items():
                 results[i] = uncond_f if uncond else cond_f
         return results
@@ -276,8 +332,9 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             " and ".join(what[k] for k in kinds),
         )
 
-    def _fuse_branches(self, out, x):
-        """Noise fusion: every style branch's cond (and uncond) prediction blended by its mask weights."""
+    def _fuse_branches(self, out, x, step):
+        """Noise fusion: the cond (and uncond) prediction of every style active at ``step`` blended by its mask
+        weights (a later active style wins where masks overlap); the background rule everywhere else."""
         per = 2 if self._uncond else 1
         cond_preds = {br: out[j * per] for j, br in enumerate(self._branches)}
         uncond_preds = {br: out[j * per + 1] for j, br in enumerate(self._branches)} if self._uncond else None
@@ -287,11 +344,11 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             bg_u = uncond_preds[base_branch] if self._uncond else None
         else:
             bg_c = bg_u = self._content_x0.expand_as(x)
-        styles = self.active
-        cond_f = fuse([cond_preds[i] for i in styles], self._dev_weights, bg_c, self._dev_bg_weight)
+        styles, weights, bg_weight, _inside = self._device_phase(step, x)
+        cond_f = fuse([cond_preds[i] for i in styles], weights, bg_c, bg_weight)
         uncond_f = None
         if self._uncond:
-            uncond_f = fuse([uncond_preds[i] for i in styles], self._dev_weights, bg_u, self._dev_bg_weight)
+            uncond_f = fuse([uncond_preds[i] for i in styles], weights, bg_u, bg_weight)
         return cond_f, uncond_f
 
     def diffstyler_initial_latent(self, x):
@@ -308,10 +365,13 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         return x / math.sqrt(1.0 + sigma * sigma)
 
     def diffstyler_post_step(self, x, sigma_next):
-        """Exact background: outside the masks the latent is the inversion trajectory's."""
+        """Exact background: outside the masks of the styles active in the step just made, the latent is the
+        inversion trajectory's."""
         if self.background != "exact":
             return x
-        return torch.where(self._dev_inside, x, self._traj[self.inversion.checked_index(sigma_next)])
+        nxt = self.inversion.checked_index(sigma_next)
+        inside = self._device_phase(nxt - 1, x)[3]
+        return torch.where(inside, x, self._traj[nxt])
 
     def sample(
         self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None
@@ -333,7 +393,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             self._run = None
         if self.background == "exact":
             content = inv.content_latent.to(out.device, out.dtype)
-            out = torch.where(self.inside.to(out.device), out, content)
+            out = torch.where(self.final_inside.to(out.device), out, content)
         return out
 
 

@@ -14,7 +14,8 @@ class Style:
 
     ``lora``: a LoRA state dict (file contents or a LORA_MODEL) or None for a prompt-only region.
     ``conditioning``: the ComfyUI CONDITIONING of the style's prompt. ``mask``: MASK ``[B,H,W]``, or None for
-    the whole picture (a global style).
+    the whole picture (a global style). ``start_percent``/``end_percent``: the part of the sampling where the style
+    is active (ComfyUI's convention: 0 = the first step, 1 = the last; ``start >= end`` = never active).
     """
 
     uid: str
@@ -23,6 +24,17 @@ class Style:
     strength: float
     conditioning: list
     mask: torch.Tensor | None
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+
+    @property
+    def timed(self) -> bool:
+        """True when the style is active on part of the sampling only."""
+        return self.start_percent > 0.0 or self.end_percent < 1.0
+
+    @property
+    def never_active(self) -> bool:
+        return self.start_percent >= self.end_percent
 
 
 def style_uid(name: str, lora: dict | None, strength: float) -> str:

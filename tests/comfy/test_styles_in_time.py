@@ -1,0 +1,161 @@
+"""Styles combined in time (issue 21): a step range per style, hand-over between styles, rows per step, bad input."""
+
+from __future__ import annotations
+
+import dst_core
+import pytest
+import torch
+from test_core import STEPS, half_mask, inject
+
+
+def timed_styles(mods, items):
+    """items: (lora, prompt, mask, start_percent, end_percent) in chain order."""
+    styles = None
+    for lora, cond, mask, start, end in items:
+        styles = mods.style.DiffStylerStyleLoRA.execute(
+            "None", 1.0, cond, mask, lora=lora, styles=styles, start_percent=start, end_percent=end
+        ).args[0]
+    return styles
+
+
+def record_calls(mods, patched):
+    """Per UNet call: (sampling step, rows, the styles whose LoRA rows it carries)."""
+    calls = []
+    state = mods.patches.state_of(patched)
+
+    def wrapper(executor, x, t, *args, **kwargs):
+        sig = state.run.sample_sigmas
+        step = int((sig[:-1] - float(state.run.model_sampling.sigma(t[:1]).float())).abs().argmin())
+        calls.append((step, x.shape[0], tuple(sorted(state.call.lora_rows))))
+        return executor(x, t, *args, **kwargs)
+
+    import comfy.patcher_extension
+
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "rows", wrapper)
+    return calls
+
+
+def sample(mods, patched, inverted, prompts, styles, background="exact", cfg=7.5):
+    out = mods.sample.DiffStylerMaskedFusionSampler.execute(
+        patched, inverted, prompts["base"], prompts["neg"], cfg, background, styles
+    )
+    return out.args[0]["samples"]
+
+
+def active_steps(tiny, start: float, end: float, sigmas: torch.Tensor) -> list[int]:
+    """ComfyUI's own rule for a conditioning's timestep range, on the sampler's steps."""
+    ms = tiny.model.get_model_object("model_sampling")
+    hi, lo = ms.percent_to_sigma(start), ms.percent_to_sigma(end)
+    return [i for i, s in enumerate(sigmas[:-1].tolist()) if lo <= s <= hi]
+
+
+@pytest.mark.parametrize("background", ["exact", "model"])
+def test_a_style_with_an_empty_range_is_exactly_absent(tiny, mods, inverted, prompts, background):
+    a = dst_core.random_lora(tiny.model, seed=41)
+    b = dst_core.random_lora(tiny.model, seed=42)
+    with_empty = timed_styles(
+        mods,
+        [
+            (a, prompts["style"], half_mask(left=True), 0.0, 1.0),
+            (b, prompts["style2"], torch.ones(1, 64, 64), 0.3, 0.3),
+        ],
+    )
+    alone = timed_styles(mods, [(a, prompts["style"], half_mask(left=True), 0.0, 1.0)])
+    p_empty = inject(mods, tiny.model, with_empty, 0.6, 0.5, lora_in_attn=False)
+    p_alone = inject(mods, tiny.model, alone, 0.6, 0.5, lora_in_attn=False)
+    calls_empty, calls_alone = record_calls(mods, p_empty), record_calls(mods, p_alone)
+    x = sample(mods, p_empty, inverted, prompts, with_empty, background)
+    y = sample(mods, p_alone, inverted, prompts, alone, background)
+    assert calls_empty == calls_alone, "the same rows in every call"
+    assert torch.equal(x, y), f"max |diff| {float((x - y).abs().max()):.3e}"
+
+
+@pytest.mark.parametrize("background", ["exact", "model"])
+def test_a_style_split_in_two_halves_equals_the_whole(tiny, mods, inverted, prompts, background):
+    """A(0-1) = A(0-0.5) then A(0.5-1) chained on the same mask (same LoRA, same prompt)."""
+    lora = dst_core.random_lora(tiny.model, seed=43)
+    mask = half_mask(left=False)
+    whole = timed_styles(mods, [(lora, prompts["style"], mask, 0.0, 1.0)])
+    halves = timed_styles(mods, [(lora, prompts["style"], mask, 0.0, 0.5), (lora, prompts["style"], mask, 0.5, 1.0)])
+    p_whole = inject(mods, tiny.model, whole, 0.6, 0.5, lora_in_attn=False)
+    p_halves = inject(mods, tiny.model, halves, 0.6, 0.5, lora_in_attn=False)
+    c_whole, c_halves = record_calls(mods, p_whole), record_calls(mods, p_halves)
+    x = sample(mods, p_whole, inverted, prompts, whole, background)
+    y = sample(mods, p_halves, inverted, prompts, halves, background)
+    rel = float((x - y).norm() / x.norm())
+    print(f"\nA(0-1) vs A(0-0.5)+A(0.5-1), background {background}: relative difference {rel:.2e}")
+    assert rel <= 1e-5
+    assert [rows for _s, rows, _l in c_whole] == [rows for _s, rows, _l in c_halves]
+    first = active_steps(tiny, 0.0, 0.5, inverted.sigmas)
+    for step, _rows, loras in c_halves:
+        if loras:
+            assert loras == ((0,) if step in first else (1,)), (step, loras)
+
+
+def test_rows_run_only_on_the_style_range_and_hand_over(tiny, mods, inverted, prompts):
+    """Style A on the region for the first 40 %, style B after: each step runs the active style's rows only (its
+    content row while the windows are open); a style on half the steps costs about half its rows."""
+    a = dst_core.random_lora(tiny.model, seed=44)
+    b = dst_core.random_lora(tiny.model, seed=45)
+    mask = half_mask(left=True)
+    styles = timed_styles(mods, [(a, prompts["style"], mask, 0.0, 0.4), (b, prompts["style2"], mask, 0.4, 1.0)])
+    patched = inject(mods, tiny.model, styles, 0.6, 0.5, lora_in_attn=False)
+    calls = record_calls(mods, patched)
+    sample(mods, patched, inverted, prompts, styles)
+    steps_a = active_steps(tiny, 0.0, 0.4, inverted.sigmas)
+    assert steps_a == list(range(len(steps_a))) and 0 < len(steps_a) < STEPS
+    res_steps = round(0.6 * STEPS)  # the ResBlock window (the longer one): a content row on these steps
+    assert [s for s, _r, _l in calls] == list(range(STEPS)), "one call per step"
+    for step, rows, loras in calls:
+        assert loras == ((0,) if step in steps_a else (1,)), (step, loras)
+        assert rows == (3 if step < res_steps else 2), (step, rows)
+
+    half = timed_styles(mods, [(a, prompts["style"], mask, 0.0, 0.5)])
+    full = timed_styles(mods, [(a, prompts["style"], mask, 0.0, 1.0)])
+    p_half, p_full = inject(mods, tiny.model, half, 0.6, 0.5), inject(mods, tiny.model, full, 0.6, 0.5)
+    c_half, c_full = record_calls(mods, p_half), record_calls(mods, p_full)
+    sample(mods, p_half, inverted, prompts, half)
+    sample(mods, p_full, inverted, prompts, full)
+    n_half = len(active_steps(tiny, 0.0, 0.5, inverted.sigmas))
+    assert [s for s, _r, _l in c_half] == list(range(n_half)), "no UNet call while no style is active (exact)"
+    rows_half, rows_full = sum(r for _s, r, _l in c_half), sum(r for _s, r, _l in c_full)
+    print(f"\nrows per step: style on 0-0.5 {rows_half / STEPS:.1f}, on 0-1 {rows_full / STEPS:.1f}")
+    assert rows_half == 3 * n_half and rows_full == 3 * res_steps + 2 * (STEPS - res_steps)
+
+
+def test_where_no_style_is_active_the_background_rule_applies(tiny, mods, inverted, prompts):
+    """background = exact: a region whose style has ended follows the inversion again, so a style that ends early
+    and hands over to no one leaves the content latent there, bit for bit; background = model: the base branch
+    denoises it on from where the style left it."""
+    lora = dst_core.random_lora(tiny.model, seed=46)
+    early = timed_styles(mods, [(lora, prompts["style"], half_mask(left=True), 0.0, 0.5)])
+    patched = inject(mods, tiny.model, early, 0.6, 0.5)
+    exact = sample(mods, patched, inverted, prompts, early, "exact")
+    assert torch.equal(exact, inverted.content_latent)
+    model_bg = sample(mods, patched, inverted, prompts, early, "model")
+    whole = timed_styles(mods, [(lora, prompts["style"], half_mask(left=True), 0.0, 1.0)])
+    model_whole = sample(mods, inject(mods, tiny.model, whole, 0.6, 0.5), inverted, prompts, whole, "model")
+    assert not torch.equal(model_bg, model_whole)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [
+        (0.6, 0.4, "start_percent: style 1 starts at 0.6 after it ends (0.4): set start_percent <= end_percent"),
+        (-0.1, 0.5, "start_percent: style 1 got -0.1"),
+        (0.0, 1.5, "end_percent: style 1 got 1.5"),
+        (float("nan"), 1.0, "start_percent: style 1 got nan"),
+    ],
+)
+def test_a_bad_range_is_refused_by_the_style_node(tiny, mods, prompts, start, end, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        timed_styles(mods, [(None, prompts["style"], half_mask(), start, end)])
+
+
+def test_feature_fusion_refuses_a_timed_style_before_sampling(tiny, mods, inverted, prompts):
+    styles = timed_styles(mods, [(dst_core.random_lora(tiny.model, seed=47), prompts["style"], half_mask(), 0.0, 0.5)])
+    patched = inject(mods, tiny.model, styles, 0.6, 0.5, fusion="feature")
+    with pytest.raises(ValueError, match=r"style 1 \(LORA_MODEL\) is active on part of the sampling only"):
+        mods.sample.DiffStylerMaskedFusionSampler.execute(
+            patched, inverted, prompts["base"], prompts["neg"], 7.5, "exact", styles
+        )
