@@ -441,6 +441,7 @@ def set_masks(wt, infos, wf: dict, args, picture: tuple, demo: dict | None, note
     scale, size = picture
     chain = wt.style_chain(wf)
     banded = []
+    demo_masks: dict[int, dict] = {}  # FastSAM Mask node id -> the demo region loader that stands in for it
     for i, style in enumerate(chain):
         where = f"style {i + 1}"
         if i < len(args.prompt):
@@ -449,7 +450,11 @@ def set_masks(wt, infos, wf: dict, args, picture: tuple, demo: dict | None, note
         fastsam = mask_src[0] if mask_src and mask_src[0]["type"] == "DiffStylerFastSAMMask" else None
         if fastsam is None:
             if i < len(args.masks):
-                raise RunError(f"mask option for {where}: its mask does not come from a FastSAM Mask node")
+                what = "has no mask (a global style)" if mask_src is None else "does not get its mask from FastSAM"
+                raise RunError(f"mask option for {where}: that style {what}; give mask options to FastSAM styles only")
+            continue
+        if demo and i >= len(args.masks) and fastsam["id"] in demo_masks:  # styles sharing a mask keep sharing it
+            wt.connect(wf, demo_masks[fastsam["id"]], 0, style, "mask")
             continue
         if args.imgsz or demo:
             wt.set_widget(infos, fastsam, "imgsz", args.imgsz or demo_mod.IMGSZ)
@@ -459,6 +464,7 @@ def set_masks(wt, infos, wf: dict, args, picture: tuple, demo: dict | None, note
             wt.set_widget(infos, loader, "image", f"demo_region_{i + 1}.png")
             wt.set_widget(infos, loader, "channel", "red")
             wt.connect(wf, loader, 0, style, "mask")
+            demo_masks[fastsam["id"]] = loader
             preview = wt.add_node(wf, infos, "MaskPreview", (fastsam["pos"][0] + 400, fastsam["pos"][1]))
             wt.connect(wf, fastsam, 0, preview, "mask")
             wt.set_widget(infos, fastsam, "mode", "everything")

@@ -30,7 +30,10 @@ SHIPPED = {
     "diffstyler_one_style.json": 1,
     "diffstyler_two_styles.json": 2,
     "diffstyler_train_and_stylize.json": 1,
+    "diffstyler_global_style.json": 1,
+    "diffstyler_two_styles_in_time.json": 2,
 }
+GLOBAL = "diffstyler_global_style.json"  # no mask: the whole picture
 PLACEHOLDERS = ("v1-5-pruned-emaonly.safetensors", "my_style.safetensors", "FastSAM-s.pt")
 FASTSAM = "wf_fastsam_dense.pt"
 LORAS = ("wf_style_1.safetensors", "wf_style_2.safetensors")
@@ -93,7 +96,7 @@ def tiny_workflow(name: str, infos: dict, steps: int = 4) -> dict:
 # ------------------------------------------------------------------ the files
 
 
-def test_the_three_workflows_are_shipped():
+def test_the_workflows_are_shipped():
     names = {p.name for p in (ROOT / "workflows").glob("*.json")}
     assert set(SHIPPED) <= names, f"missing: {set(SHIPPED) - names}"
 
@@ -110,14 +113,17 @@ def test_workflow_file_is_sound(name, infos):
     styles = wt.style_chain(wf)
     assert len(styles) == SHIPPED[name]
     for style in styles:
-        mask = wt.upstream(wf, style, "mask")[0]
-        assert mask["type"] == "DiffStylerFastSAMMask" and wt.get_widget(infos, mask, "mode") == "points"
+        if name == GLOBAL:
+            assert wt.upstream(wf, style, "mask") is None and not wt.nodes_of_type(wf, "DiffStylerFastSAMMask")
+        else:
+            mask = wt.upstream(wf, style, "mask")[0]
+            assert mask["type"] == "DiffStylerFastSAMMask" and wt.get_widget(infos, mask, "mode") == "points"
         assert wt.upstream(wf, style, "conditioning")[0]["type"] == "CLIPTextEncode"
     ckpts = wt.nodes_of_type(wf, "CheckpointLoaderSimple")
     assert [wt.get_widget(infos, c, "ckpt_name") for c in ckpts] == [PLACEHOLDERS[0]]
-    assert {wt.get_widget(infos, f, "model_name") for f in wt.nodes_of_type(wf, "DiffStylerFastSAMLoader")} == {
-        PLACEHOLDERS[2]
-    }
+    assert {wt.get_widget(infos, f, "model_name") for f in wt.nodes_of_type(wf, "DiffStylerFastSAMLoader")} == (
+        set() if name == GLOBAL else {PLACEHOLDERS[2]}
+    )
     assert_pastes_the_original_outside(wf, infos)
     prompt = wt.ui_to_api(wf, infos)
     assert not {v["class_type"] for v in prompt.values()} & set(wt.NOTE_TYPES)
@@ -154,6 +160,16 @@ def test_two_styles_is_the_deer_and_grass_demo(infos):
         loras.append(wt.get_widget(infos, style, "lora_name"))
     assert texts[-1] == "painting of <sss>, deer", "the deer is the last style so that it wins overlaps"
     assert "grass" in texts[0] and len(set(loras)) == 2 and PLACEHOLDERS[1] in loras
+
+
+def test_two_styles_in_time_hand_one_region_over(infos):
+    """One FastSAM region, style 1 for the first 40 % of the sampling, style 2 after (issue 21)."""
+    wf = _load("diffstyler_two_styles_in_time.json")
+    first, second = wt.style_chain(wf)
+    assert wt.upstream(wf, first, "mask") == wt.upstream(wf, second, "mask")
+    assert [wt.get_widget(infos, first, k) for k in ("start_percent", "end_percent")] == [0.0, 0.4]
+    assert [wt.get_widget(infos, second, k) for k in ("start_percent", "end_percent")] == [0.4, 1.0]
+    assert wt.get_widget(infos, first, "lora_name") != wt.get_widget(infos, second, "lora_name")
 
 
 def test_train_workflow_feeds_the_trained_lora(infos):
@@ -258,6 +274,11 @@ def test_workflow_runs_headless(name, infos, assets, run_graph):
         mask = result.outputs(str(mask_node["id"]))[0][0]
         assert tuple(mask.shape) == (1, *CONTENT) and float(mask.min()) >= 0 and float(mask.max()) <= 1
         masks.append(mask[0].numpy())
+    if not masks:  # a global style: the whole picture is restyled, nothing of the original is kept
+        assert name == GLOBAL
+        diff = np.abs(pixels.astype(int) - pf.photo(*CONTENT, seed=3).astype(int)).max(axis=-1)
+        assert (diff > 0).mean() > 0.9, "the whole picture is restyled"
+        return
     # outside the styled region grown by the feather width: the content picture, bit for bit
     region, _ = pf.region_like_sampler(masks, *CONTENT)
     (region_node,) = wt.nodes_of_type(wf, "DiffStylerRegionMask")
@@ -319,6 +340,36 @@ def test_runner_readme_command_demo_mode(comfy_home, tmp_path, photo):
     assert masks == ["demo_region_1.png", "demo_region_2.png"]
     assert sum(v["class_type"] == "MaskPreview" for v in by_id.values()) == 2
     assert "style 1, 2 get an oval region of their own" in proc.stdout
+
+
+@pytest.mark.slow
+def test_runner_runs_the_styles_in_time_and_global_workflows(comfy_home, tmp_path, photo):
+    """Issue 21's workflows through the runner in demo mode: the two styles in time keep sharing one region, the
+    global style has no mask (and a mask option for it is refused, naming why)."""
+    out = tmp_path / "time.png"
+    wf = str(ROOT / "workflows" / "diffstyler_two_styles_in_time.json")
+    proc = _runner(["--workflow", wf, "--image", str(photo), "--output", str(out), "--steps", "4"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with Image.open(out) as im:
+        prompt = json.loads(im.info["prompt"])
+    styles = [v for v in prompt.values() if v["class_type"] == "DiffStylerStyleLoRA"]
+    assert [(s["inputs"]["start_percent"], s["inputs"]["end_percent"]) for s in styles] in (
+        [(0.0, 0.4), (0.4, 1.0)],
+        [(0.4, 1.0), (0.0, 0.4)],
+    )
+    assert len({tuple(s["inputs"]["mask"]) for s in styles}) == 1, "one region, handed over in time"
+
+    out = tmp_path / "global.png"
+    wf = str(ROOT / "workflows" / "diffstyler_global_style.json")
+    proc = _runner(["--workflow", wf, "--image", str(photo), "--output", str(out), "--steps", "4"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with Image.open(out) as im:
+        prompt = json.loads(im.info["prompt"])
+    (style,) = [v for v in prompt.values() if v["class_type"] == "DiffStylerStyleLoRA"]
+    assert "mask" not in style["inputs"]
+    proc = _runner(["--workflow", wf, "--image", str(photo), "--output", str(out), "--points", "[]"], tmp_path)
+    assert proc.returncode == 2
+    assert "mask option for style 1: that style has no mask (a global style)" in proc.stdout + proc.stderr
 
 
 def _runner_module():
