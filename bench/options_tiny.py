@@ -3,7 +3,9 @@
 The fidelity tests' set-up (tests/comfy/test_fidelity.py: the tiny SD1.5 checkpoint, a 64x64 content picture,
 10 steps, cfg 10.5, random LoRAs, overlapping masks with a feathered edge). For every option: the final latent's
 ``|option - defaults| / |defaults|``, the same over the style effect ``|defaults - plain DDIM|`` and the UNet rows
-per step, k = 1 and 2, in one run. ``bench/options.py`` gives the grids' cost on a narrow SD1.5 UNet.
+per step, k = 1 and 2, in one run. Then ``background = exact`` against the released ``background = model``
+inside the styled region (the union of the hard masks at latent size): how much the kept background moves the
+styled regions. ``bench/options.py`` gives the grids' cost on a narrow SD1.5 UNet.
 
     python bench/options_tiny.py
 """
@@ -30,11 +32,16 @@ def main():
 
     logging.getLogger().setLevel(logging.WARNING)
     import comfy.patcher_extension
+    import comfy.utils
     import dst_core
     import test_fidelity as tf
     import torch
     from comfyui_diffstyler.nodes import inject, sample, style
     from comfyui_diffstyler.nodes.adapters import inversion
+    from comfyui_diffstyler.nodes.core.masks import region_mask_latent
+    from comfyui_diffstyler.nodes.core.schedule import GRIDS
+
+    comfy.utils.set_progress_bar_enabled(False)
 
     class M:
         pass
@@ -62,7 +69,7 @@ def main():
     model = tiny.model.clone()
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "bench_rows", count)
     case = tf.Case("sd15", model, lat, prompts)
-    invs = {g: inversion.invert(model, lat, 10, prompts["empty"], disable_pbar=True, grid=g) for g in tf_grids()}
+    invs = {g: inversion.invert(model, lat, 10, prompts["empty"], disable_pbar=True, grid=g) for g in GRIDS}
     cached = inversion.invert(model, lat, 10, prompts["empty"], disable_pbar=True, cache_dtype="fp32")
     out = {}
     for k in (1, 2):
@@ -84,9 +91,7 @@ def main():
             "content_rows = shared": {"content_rows": "shared"},
             "lora_in_injected_attention on": {"lora_in_attention": True},
             "masks = soft": {"masks": "soft"},
-            "inversion_grid = fine/2": {"inv": "fine/2"},
-            "inversion_grid = fine/10": {"inv": "fine/10"},
-            "inversion_grid = sampling": {"inv": "sampling"},
+            **{f"inversion_grid = {g}": {"inv": g} for g in GRIDS if g != "fine"},
             "feature_cache (fp32)": {"inv": "cache"},
             "feature_cache + fusion = feature": {"inv": "cache", "fusion": "feature"},
         }
@@ -98,21 +103,32 @@ def main():
                 "rows_per_step": r,
             }
         model_bg, _r = run(background="model")
+        effect_model = float((model_bg - plain).norm())
         for name, kw in (("base_injection = style windows", {"base_injection": "style windows"}),):
             got, r = run(background="model", **kw)
             out[f"{name} (vs background model) | k={k}"] = {
                 "rel_to_defaults": float((got - model_bg).norm() / model_bg.norm()),
-                "rel_to_style_effect": float((got - model_bg).norm()) / effect,
+                "rel_to_style_effect": float((got - model_bg).norm()) / effect_model,
                 "rows_per_step": r,
             }
+        # background = exact vs the released model background, inside the styled region only
+        exact = base
+        region = region_mask_latent(tf.overlapping_masks(k), *lat.shape[-2:]).to(exact.dtype)
+        inside = float(((exact - model_bg) * region).norm() / (model_bg * region).norm())
+        plain_in = float(((model_bg - plain) * region).norm())
+        out[f"background exact vs model, inside the masks | k={k}"] = {
+            "rel_to_defaults": inside,
+            "rel_to_style_effect": float(((exact - model_bg) * region).norm()) / plain_in,
+            "rows_per_step": base_rows,
+            "region_cells": int(region.sum()),
+        }
+    print("rel diff: |option - defaults| / |defaults|; / style: |option - defaults| / |defaults - plain DDIM|")
+    print("base_injection: against the defaults with background = model (and / |that - plain DDIM|)")
+    print("background exact vs model: |exact - model| / |model| and / |model - plain DDIM|, both inside the masks")
     print(f"{'option':<56}{'rel diff':>10}{'/ style':>10}{'rows/step':>11}")
     for name, r in out.items():
-        print(f"{name:<56}{r['rel_to_defaults']:>10.4f}{r['rel_to_style_effect']:>10.4f}{r['rows_per_step']:>11.1f}")
+        print(f"{name:<56}{r['rel_to_defaults']:>10.2e}{r['rel_to_style_effect']:>10.2e}{r['rows_per_step']:>11.1f}")
     print(json.dumps(out))
-
-
-def tf_grids():
-    return ("fine", "fine/2", "fine/10", "sampling")
 
 
 if __name__ == "__main__":
