@@ -107,6 +107,10 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
             )
         deltas = []
         for i, s in enumerate(styles):
+            if s.model is not None:  # a MODEL style: its own weights, in an extra UNet call (patched below)
+                patches.check_style_model(model, s.model, f"style {i + 1} ({s.name})")
+                deltas.append({})
+                continue
             if s.lora is None or s.strength == 0:
                 deltas.append({})
                 continue
@@ -123,6 +127,14 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
         }
         patched, state = patches.install(model, deltas, tuple(s.uid for s in styles), settings)
         state.styles = list(styles)
+        model_styles = [i for i, s in enumerate(styles) if s.model is not None]
+        if model_styles:
+            if fusion == "feature":
+                raise ValueError(
+                    f"fusion: style {model_styles[0] + 1} is held by a MODEL, whose rows run in a UNet call of their "
+                    "own, which feature fusion cannot share: set fusion to 'noise'"
+                )
+            patches.install_style_models(patched, state, {i: styles[i].model for i in model_styles}, settings)
         return io.NodeOutput(patched)
 
 

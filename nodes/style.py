@@ -18,6 +18,84 @@ STYLES = io.Custom("DIFFSTYLER_STYLES")
 NO_LORA = "None"
 
 
+def range_inputs() -> list:
+    """The step-range inputs every style node has (issue 21)."""
+    return [
+        io.Float.Input(
+            "start_percent",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            optional=True,
+            tooltip="Where in the sampling this style starts (0 = the first step), as in "
+            "ConditioningSetTimestepRange. Outside its range the style runs no UNet rows; another style with "
+            "the same mask (later in the chain) can take over.",
+        ),
+        io.Float.Input(
+            "end_percent",
+            default=1.0,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            optional=True,
+            tooltip="Where this style stops (1 = the last step). Equal to start_percent: the style never runs.",
+        ),
+    ]
+
+
+def check_range(styles, start_percent: float, end_percent: float) -> int:
+    """The number the new style gets in the chain; ValueError naming it for a bad step range."""
+    number = len(styles or []) + 1
+    for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
+        if not (math.isfinite(float(value)) and 0.0 <= float(value) <= 1.0):
+            raise ValueError(
+                f"{name}: style {number} got {value}; a step range is given as fractions of the sampling "
+                "between 0 (the first step) and 1 (the last)"
+            )
+    if float(start_percent) > float(end_percent):
+        raise ValueError(
+            f"start_percent: style {number} starts at {start_percent} after it ends ({end_percent}): set "
+            "start_percent <= end_percent (0 = the first step, 1 = the last)"
+        )
+    return number
+
+
+def check_common(number: int, name: str, conditioning, mask, start_percent: float, end_percent: float):
+    """The checks and log lines every style node shares; returns the mask as ``[B,H,W]`` (or None: global)."""
+    if mask is None:
+        logger.info("DiffStyler: style %d (%s) has no mask: it restyles the whole picture", number, name)
+    else:
+        mask = as_mask_batch(mask, f"style {number} ({name}) mask")
+    if float(start_percent) == float(end_percent):
+        logger.warning(
+            "DiffStyler: style %d (%s) has an empty step range (%s to %s): it never runs",
+            number,
+            name,
+            start_percent,
+            end_percent,
+        )
+    if not conditioning:
+        raise ValueError("conditioning: empty CONDITIONING: connect a CLIP Text Encode of the style's prompt")
+    return mask
+
+
+def common_inputs() -> list:
+    """The prompt and mask inputs every style node has."""
+    return [
+        io.Conditioning.Input(
+            "conditioning",
+            tooltip="The style's prompt, e.g. 'painting of <sss>, deer' (CLIP Text Encode).",
+        ),
+        io.Mask.Input(
+            "mask",
+            optional=True,
+            tooltip="Where this style goes (FastSAM Mask or any MASK; the sampler takes every value above 0 "
+            "as inside). Not connected: the whole picture (a global style).",
+        ),
+    ]
+
+
 class DiffStylerStyleLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -47,42 +125,14 @@ class DiffStylerStyleLoRA(io.ComfyNode):
                     step=0.01,
                     tooltip="LoRA strength for this style's branch only. 0 gives the plain model.",
                 ),
-                io.Conditioning.Input(
-                    "conditioning",
-                    tooltip="The style's prompt, e.g. 'painting of <sss>, deer' (CLIP Text Encode).",
-                ),
-                io.Mask.Input(
-                    "mask",
-                    optional=True,
-                    tooltip="Where this style goes (FastSAM Mask or any MASK; the sampler takes every value above 0 "
-                    "as inside). Not connected: the whole picture (a global style).",
-                ),
+                *common_inputs(),
                 io.LoraModel.Input(
                     "lora",
                     optional=True,
                     tooltip="A LORA_MODEL (e.g. from Train Style LoRA). Used instead of lora_name when connected.",
                 ),
                 STYLES.Input("styles", optional=True, tooltip="Earlier styles to append this one to."),
-                io.Float.Input(
-                    "start_percent",
-                    default=0.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
-                    optional=True,
-                    tooltip="Where in the sampling this style starts (0 = the first step), as in "
-                    "ConditioningSetTimestepRange. Outside its range the style runs no UNet rows; another style with "
-                    "the same mask (later in the chain) can take over.",
-                ),
-                io.Float.Input(
-                    "end_percent",
-                    default=1.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
-                    optional=True,
-                    tooltip="Where this style stops (1 = the last step). Equal to start_percent: the style never runs.",
-                ),
+                *range_inputs(),
             ],
             outputs=[STYLES.Output("styles", display_name="styles", tooltip="The chained styles.")],
         )
@@ -101,38 +151,14 @@ class DiffStylerStyleLoRA(io.ComfyNode):
     ) -> io.NodeOutput:
         if not math.isfinite(float(strength)):
             raise ValueError(f"strength: expected a finite number, got {strength}: set a strength such as 1.0")
-        number = len(styles or []) + 1
-        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-            if not (math.isfinite(float(value)) and 0.0 <= float(value) <= 1.0):
-                raise ValueError(
-                    f"{name}: style {number} got {value}; a step range is given as fractions of the sampling "
-                    "between 0 (the first step) and 1 (the last)"
-                )
-        if float(start_percent) > float(end_percent):
-            raise ValueError(
-                f"start_percent: style {number} starts at {start_percent} after it ends ({end_percent}): set "
-                "start_percent <= end_percent (0 = the first step, 1 = the last)"
-            )
+        number = check_range(styles, start_percent, end_percent)
         if lora is not None:
             sd, name = dict(lora), "LORA_MODEL"
         elif lora_name and lora_name != NO_LORA:
             sd, name = lora_file.load_lora_file(lora_name), lora_name
         else:
             sd, name = None, "prompt only"
-        if mask is None:
-            logger.info("DiffStyler: style %d (%s) has no mask: it restyles the whole picture", number, name)
-        else:
-            mask = as_mask_batch(mask, f"style {number} ({name}) mask")
-        if float(start_percent) == float(end_percent):
-            logger.warning(
-                "DiffStyler: style %d (%s) has an empty step range (%s to %s): it never runs",
-                number,
-                name,
-                start_percent,
-                end_percent,
-            )
-        if not conditioning:
-            raise ValueError("conditioning: empty CONDITIONING: connect a CLIP Text Encode of the style's prompt")
+        mask = check_common(number, name, conditioning, mask, start_percent, end_percent)
         style = Style(
             uid=style_uid(name, sd, strength),
             name=name,
@@ -146,4 +172,56 @@ class DiffStylerStyleLoRA(io.ComfyNode):
         return io.NodeOutput(append_style(styles, style))
 
 
-NODES = [DiffStylerStyleLoRA]
+class DiffStylerStyleModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffStylerStyleModel",
+            display_name="Style Model (DiffStyler)",
+            category="DiffStyler/style",
+            description=(
+                "One style of a DiffStyler run held by a MODEL instead of a LoRA: a checkpoint fine-tuned on a style "
+                "(DreamBooth, a full fine-tune) or a MODEL with LoRAs merged by the core LoRA loader, of the same "
+                "architecture as the Injector's MODEL. Its rows run in one extra UNet call of that model per step "
+                "(a second UNet in memory); the content injection and the fusion by mask work as for a LoRA style."
+            ),
+            inputs=[
+                io.Model.Input(
+                    "model",
+                    tooltip="The style's MODEL (same architecture and latent format as the MODEL of the Cross-LoRA "
+                    "Attention Injector). Its content row is evaluated with these weights too.",
+                ),
+                *common_inputs(),
+                STYLES.Input("styles", optional=True, tooltip="Earlier styles to append this one to."),
+                *range_inputs(),
+            ],
+            outputs=[STYLES.Output("styles", display_name="styles", tooltip="The chained styles.")],
+        )
+
+    @classmethod
+    def execute(
+        cls, model, conditioning, mask=None, styles=None, start_percent: float = 0.0, end_percent: float = 1.0
+    ) -> io.NodeOutput:
+        from .adapters.inversion import model_fingerprint
+
+        number = check_range(styles, start_percent, end_percent)
+        if model is None or not hasattr(model, "model"):
+            raise ValueError(f"model: style {number} needs a MODEL (Load Checkpoint's MODEL output)")
+        name = f"MODEL {type(model.model).__name__}"
+        mask = check_common(number, name, conditioning, mask, start_percent, end_percent)
+        fingerprint = model_fingerprint(model)
+        style = Style(
+            uid=style_uid(f"{name} {fingerprint} {id(model):x}", None, 1.0),
+            name=name,
+            lora=None,
+            strength=1.0,
+            conditioning=conditioning,
+            mask=mask,
+            start_percent=float(start_percent),
+            end_percent=float(end_percent),
+            model=model,
+        )
+        return io.NodeOutput(append_style(styles, style))
+
+
+NODES = [DiffStylerStyleLoRA, DiffStylerStyleModel]

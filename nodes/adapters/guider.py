@@ -13,6 +13,8 @@ import logging
 import math
 
 import comfy.model_management
+import comfy.model_patcher
+import comfy.patcher_extension
 import comfy.samplers
 import torch
 from tqdm.auto import trange
@@ -75,6 +77,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         self.set_cfg(cfg)
         self._prepare_masks()
         self._run = None
+        self._model_styles: dict = {}  # MODEL styles of the run in progress: style index -> loaded ModelPatcher
 
     # ------------------------------------------------------------------ setup
     def _prepare_masks(self):
@@ -157,7 +160,15 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         inv = self.inversion
         content = self.conds["content"][0]
         cond_obj = comfy.samplers.get_area_and_mult(content, x, timestep)
-        branches = list(self.active)
+        # MODEL styles run in an extra UNet call of their own model each; the base call holds every other branch
+        loaded = patches.style_model_patchers(self.model_patcher)
+        self._model_styles = {}
+        for i in self.active:
+            if i in self.state.style_models:
+                if i not in loaded:
+                    raise RuntimeError(f"DiffStyler: style {i + 1}'s MODEL was not loaded with the sampler's model")
+                self._model_styles[i] = loaded[i]
+        branches = [i for i in self.active if i not in self._model_styles]
         base_branch = len(self.styles)
         self._fused = self.state.settings.get("fusion") == "feature" and bool(self.active)
         if self._fused:
@@ -228,6 +239,23 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         self._run.latent_hw = tuple(x.shape[-2:])
         self._run.cond_batch_handler = self._cond_batch
         self.state.run = self._run
+        self._style_options = {}
+        for i, mp in self._model_styles.items():  # each MODEL style's call: its content row, its cond/uncond rows
+            mp.pre_run()  # as CFGGuider does for the sampled model (its BaseModel's current patcher); cleanup in sample
+            roles_i = [(i, False)] + ([(i, True)] if self._uncond else [])
+            self.state.style_models[i].run = patches.RunPlan(
+                roles=roles_i,
+                branch_source={i: patches.SHARED_SOURCE},  # that model's own content row (no LoRA on it)
+                branch_windows={i: style_windows},
+                lora_branch_to_style={},
+                sample_sigmas=inv.sigmas,
+                content_latent_at=content_latent_at,
+                content_conditioning=dict(cond_obj.conditioning),
+                qk_blend=s["qk_blend"],
+                lora_in_injected_attention=True,
+                model_sampling=mp.get_model_object("model_sampling"),
+                latent_hw=tuple(x.shape[-2:]),
+            )
         self._dev_phases = {}
         self._content_x0 = traj[-1]
 
@@ -264,17 +292,46 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         if self._run is None:
             self._activate(x, timestep, model_options)
             self._check_replaces(model_options)
-        if not self._conds_list:  # nothing to stylize: the content itself
+        if not self._conds_list and not self._model_styles:  # nothing to stylize: the content itself
             return self._content_x0.expand_as(x).clone()
         # ComfyUI's own sampling function (its pre-CFG, CFG and post-CFG hooks included); every calc_cond_batch
         # call it or a hook makes reaches _cond_batch through the Injector's CALC_COND_BATCH wrapper
         return super().predict_noise(x, timestep, model_options, seed)
 
-    def _fused_pair(self, out, x, step):
-        """(cond, uncond or None) of a calc_cond_batch output laid out as ``self._conds_list``: fused by mask."""
+    def _fused_pair(self, out, x, step, extra=None):
+        """(cond, uncond or None) of a calc_cond_batch output laid out as ``self._conds_list`` (and the MODEL styles'
+        own predictions ``extra``: style -> (cond, uncond)): fused by mask."""
         if self._fused:  # one cond/uncond pair shared by every style
             return out[0], (out[1] if self._uncond else None)
-        return self._fuse_branches(out, x, step)
+        return self._fuse_branches(out, x, step, extra or {})
+
+    def _model_style_pair(self, i, mp, batch, conds, x, timestep, model_options):
+        """(cond, uncond) of MODEL style ``i``: one calc_cond_batch call of its own model (its content row added by
+        that model's DiffStyler wrapper), for the same cond/uncond pair of entries as the base call."""
+        positive = self.conds.get("positive")
+        layout = []
+        for uncond in (False, True) if self._uncond else (False,):
+            j = batch.get(uncond)
+            if j is None:
+                layout.append(None)
+            elif uncond:
+                layout.append(self.conds["negative"])
+            else:
+                layout.append(self.conds[f"style_{i}"] if conds[j] is positive else conds[j])
+        options = self._style_options.get(i)
+        if options is None:  # as ComfyUI prepares the sampled model: its options, its wrappers and callbacks
+            options = comfy.model_patcher.create_model_options_clone(mp.model_options)
+            own = options.setdefault("transformer_options", {})
+            merge = comfy.patcher_extension.merge_nested_dicts
+            merge(own.setdefault("wrappers", {}), mp.wrappers, copy_dict1=False)
+            merge(own.setdefault("callbacks", {}), mp.callbacks, copy_dict1=False)
+            for key, value in model_options.get("transformer_options", {}).items():
+                if key not in own and key not in ("patches", "patches_replace", "wrappers", "callbacks"):
+                    # the run's values (sample_sigmas, ...), not the base model's patches
+                    own[key] = value
+            self._style_options[i] = options
+        out = comfy.samplers.calc_cond_batch(mp.model, layout, x, timestep, options)
+        return out[0], (out[1] if self._uncond else None)
 
     def _cond_batch(self, executor, model, conds, x, timestep, model_options):
         """Every calc_cond_batch call of the run: the sampling function's ``[positive, negative]`` (``[positive,
@@ -308,9 +365,13 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
                     layout.append(conds[i])
             if any(entry is not None for entry in layout):
                 out = executor(model, layout, x, timestep, model_options)
-            else:  # no style active and an exact background: no UNet call at all
+            else:  # no branch of the base call active: no UNet call at all
                 out = [torch.zeros_like(x) for _entry in layout]
-            cond_f, uncond_f = self._fused_pair(out, x, step)
+            extra = {}
+            for i, mp in self._model_styles.items():
+                if i in live:
+                    extra[i] = self._model_style_pair(i, mp, batch, conds, x, timestep, model_options)
+            cond_f, uncond_f = self._fused_pair(out, x, step, extra)
             for uncond, i in batch.items():
                 results[i] = uncond_f if uncond else cond_f
         return results
@@ -332,12 +393,16 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             " and ".join(what[k] for k in kinds),
         )
 
-    def _fuse_branches(self, out, x, step):
+    def _fuse_branches(self, out, x, step, extra):
         """Noise fusion: the cond (and uncond) prediction of every style active at ``step`` blended by its mask
         weights (a later active style wins where masks overlap); the background rule everywhere else."""
         per = 2 if self._uncond else 1
         cond_preds = {br: out[j * per] for j, br in enumerate(self._branches)}
         uncond_preds = {br: out[j * per + 1] for j, br in enumerate(self._branches)} if self._uncond else None
+        for i, (c, u) in extra.items():
+            cond_preds[i] = c
+            if self._uncond:
+                uncond_preds[i] = u
         base_branch = len(self.styles)
         if self.background == "model":
             bg_c = cond_preds[base_branch]
@@ -390,6 +455,12 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         finally:
             self.state.run = None
             self.state.call = None
+            for sub in self.state.style_models.values():
+                sub.run = None
+                sub.call = None
+            for mp in self._model_styles.values():
+                mp.cleanup()
+            self._model_styles = {}
             self._run = None
         if self.background == "exact":
             content = inv.content_latent.to(out.device, out.dtype)

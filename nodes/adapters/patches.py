@@ -163,6 +163,8 @@ class PatchState:
         self._calls = threading.local()  # ComfyUI may run apply_model in threads (one per device): a call each
         self.deltas_bytes = 0
         self.replace_slots: list[tuple[str, tuple]] = []  # ("attn1"/"attn2", (block, id, transformer index))
+        self.style_models: dict[int, PatchState] = {}  # MODEL styles: style index -> the state of its patched clone
+        self.model_style_of: int | None = None  # on a MODEL style's clone: the style index it holds
 
     @property
     def call(self) -> CallPlan | None:
@@ -696,10 +698,16 @@ def replace_block(patched, kind: str, name: str, bid: int, make) -> list[tuple]:
     return [key for key in keys if previous[key] is not None]
 
 
-def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[str, ...], settings: dict):
+def install(
+    model,
+    styles_deltas: list[dict[str, LayerDelta]],
+    style_ids: tuple[str, ...],
+    settings: dict,
+    what: str = "Cross-LoRA Attention Injector",
+):
     """Patch a clone of ``model``; returns (patched clone, PatchState)."""
     block_map = block_map_for(model)
-    patched = dynamic_vram.static_clone(model, "Cross-LoRA Attention Injector")
+    patched = dynamic_vram.static_clone(model, what)
     state = PatchState(block_map, len(styles_deltas), style_ids, settings)
     state.lora_styles = {s for s, deltas in enumerate(styles_deltas) if deltas}
     modules = dict(patched.model.named_modules())
@@ -772,6 +780,73 @@ def install(model, styles_deltas: list[dict[str, LayerDelta]], style_ids: tuple[
     )
     patched.set_attachments(ATTACHMENT, state)
     return patched, state
+
+
+STYLE_MODELS_KEY = "diffstyler_style_models"
+
+
+def check_style_model(base, style_model, name: str) -> None:
+    """Refuse a MODEL style of another architecture, latent format or noise schedule than ``base``, and one that
+    shares its weights object with ``base`` (ComfyUI keeps one copy of those weights loaded, patched for one MODEL
+    at a time, so the two could not run side by side)."""
+    if style_model.model is base.model:
+        raise ValueError(
+            f"styles: {name} is held by a MODEL that shares its weights with the Injector's MODEL (the same Load "
+            "Checkpoint output, e.g. with a LoRA merged by the core LoRA loader): ComfyUI keeps one copy of those "
+            "weights, so they cannot run as a second UNet. Load the checkpoint again with a second Load Checkpoint "
+            "node for the style (and merge its LoRAs there), or give the LoRA to a Style LoRA Loader"
+        )
+    try:
+        ours = block_map_for(style_model)
+    except ValueError as e:
+        raise ValueError(f"styles: {name}: {e}") from None
+    theirs = block_map_for(base)
+    problems = []
+    if ours != theirs or type(style_model.model) is not type(base.model):
+        problems.append(
+            f"it is a {type(style_model.model).__name__} ({ours.family}) but the Injector's MODEL is a "
+            f"{type(base.model).__name__} ({theirs.family})"
+        )
+    lf_a, lf_b = type(style_model.model.latent_format).__name__, type(base.model.latent_format).__name__
+    if lf_a != lf_b:
+        problems.append(f"its latent format is {lf_a}, the Injector's MODEL's {lf_b}")
+    ms_a, ms_b = style_model.get_model_object("model_sampling"), base.get_model_object("model_sampling")
+    # ComfyUI makes the model-sampling class per model (``model_base.model_sampling``): compare what it derives from
+    same_schedule = [c.__qualname__ for c in type(ms_a).__mro__[1:]] == [c.__qualname__ for c in type(ms_b).__mro__[1:]]
+    if same_schedule and hasattr(ms_a, "sigmas") and hasattr(ms_b, "sigmas"):
+        sa, sb = ms_a.sigmas.detach().float().cpu(), ms_b.sigmas.detach().float().cpu()
+        same_schedule = sa.shape == sb.shape and torch.allclose(sa, sb, rtol=1e-5)
+    if not same_schedule:
+        problems.append("its noise schedule (model sampling: prediction type or sigmas) differs")
+    if problems:
+        raise ValueError(
+            f"styles: {name} is held by a MODEL that cannot share the Injector's sampling: {'; '.join(problems)}. "
+            "Connect a MODEL of the same architecture (a checkpoint fine-tuned from the same base model)"
+        )
+
+
+def install_style_models(patched, state: PatchState, models: dict[int, object], settings: dict) -> None:
+    """Patch a clone of each MODEL style's model for the content injection (no LoRA layers) and hand the clones to
+    ComfyUI as additional models of ``patched``, so its loader loads them with the base UNet (a second UNet in
+    memory). ``state.style_models`` maps style index -> the PatchState of that clone."""
+    clones = []
+    for i, m in models.items():
+        clone, sub = install(m, [{}], (state.style_ids[i],), settings, what=f"style {i + 1} (a MODEL style)")
+        sub.model_style_of = i
+        state.style_models[i] = sub
+        clones.append(clone)
+    patched.set_additional_models(STYLE_MODELS_KEY, clones)
+    logger.info("DiffStyler: %d MODEL style(s) run in an extra UNet call each per step", len(clones))
+
+
+def style_model_patchers(model) -> dict[int, object]:
+    """Style index -> the loaded ModelPatcher of that MODEL style (what ComfyUI loaded with ``model``)."""
+    out = {}
+    for m in model.get_additional_models_with_key(STYLE_MODELS_KEY):
+        sub = state_of(m)
+        if sub is not None and sub.model_style_of is not None:
+            out[sub.model_style_of] = m
+    return out
 
 
 def state_of(model) -> PatchState | None:

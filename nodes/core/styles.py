@@ -12,10 +12,12 @@ import torch
 class Style:
     """One (LoRA, prompt, mask) triple of the paper (Sec. 3.3).
 
-    ``lora``: a LoRA state dict (file contents or a LORA_MODEL) or None for a prompt-only region.
+    ``lora``: a LoRA state dict (file contents or a LORA_MODEL) or None for a prompt-only region (or a MODEL style).
     ``conditioning``: the ComfyUI CONDITIONING of the style's prompt. ``mask``: MASK ``[B,H,W]``, or None for
     the whole picture (a global style). ``start_percent``/``end_percent``: the part of the sampling where the style
     is active (ComfyUI's convention: 0 = the first step, 1 = the last; ``start >= end`` = never active).
+    ``model``: for a style held by a MODEL of the base's architecture (a fine-tuned checkpoint, or a MODEL with LoRAs
+    merged by the core loader) instead of a LoRA: its rows run in an extra UNet call of that model.
     """
 
     uid: str
@@ -26,6 +28,7 @@ class Style:
     mask: torch.Tensor | None
     start_percent: float = 0.0
     end_percent: float = 1.0
+    model: object = None  # a MODEL (ModelPatcher) holding the style instead of a LoRA (Style Model node)
 
     @property
     def timed(self) -> bool:

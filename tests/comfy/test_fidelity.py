@@ -163,6 +163,77 @@ def check(mods, case, k, background):
     return got, want
 
 
+def merged_model(case, seed: int):
+    """The case's checkpoint loaded again by the core loader (its own weights object) with a random LoRA merged by
+    ComfyUI's own loader (every layer, the injected ones too): a MODEL style as a user makes one with a second Load
+    Checkpoint and a LoraLoader, standing in for a fine-tuned checkpoint."""
+    import comfy_setup
+
+    import nodes
+
+    (model,) = nodes.CheckpointLoaderSimple().load_checkpoint(comfy_setup.CHECKPOINT_NAME)[:1]
+    assert model.model is not case.model.model
+    return dst_oracle.branch_model(model, dst_core.random_lora(model, seed=seed, scale=1.5), 1.0, bypass_injected=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("background", ["model", "exact"])
+def test_a_model_style_equals_the_released_pipeline(mods, sd15, background):
+    """Issue 21: style 1 a LoRA, style 2 held by a MODEL (overlapping masks): the oracle runs that MODEL as style 2's
+    branch, the pack runs it in an extra UNet call per step with its own content row."""
+    case = sd15
+    pack_inv, oracle_inv = inversions(mods, case)
+    (lora,) = loras(case, 1)
+    model = merged_model(case, seed=77)
+    masks = overlapping_masks(2)
+    conds = case.prompts["styles"]
+    styles = mods.style.DiffStylerStyleLoRA.execute("None", 1.0, conds[0], masks[0], lora=lora).args[0]
+    styles = mods.style.DiffStylerStyleModel.execute(model, conds[1], masks[1], styles).args[0]
+    patched = mods.inject.DiffStylerCrossLoRAInjector.execute(case.model, styles, 0.6, 0.5, "adaptive", False).args[0]
+    p = case.prompts
+    got = mods.sample.DiffStylerMaskedFusionSampler.execute(
+        patched, pack_inv, p["base"], p["neg"], 10.5, background, styles
+    ).args[0]["samples"]
+    oracle_styles = [
+        dst_oracle.OracleStyle(lora, 1.0, conds[0], masks[0]),
+        dst_oracle.OracleStyle(None, 1.0, conds[1], masks[1], model=model),
+    ]
+    want = dst_oracle.diffstyler(
+        case.model,
+        case.content,
+        STEPS,
+        oracle_styles,
+        p["base"],
+        p["neg"],
+        p["empty"],
+        10.5,
+        background,
+        inverted=oracle_inv,
+    )
+    effect = style_effect(case, want, oracle_inv)
+    d = rel(got, want)
+    print(
+        f"\nMODEL style, k=2, background={background}: |pack - oracle| / |oracle| = {d:.2e}; "
+        f"/ style effect = {float((got - want).norm()) / effect:.2e}"
+    )
+    assert effect > 0.05 * float(want.norm())
+    assert d <= TOL, d
+    # the MODEL matters: the same run with style 2 on the base model (a prompt-only style) is far from it
+    plain = dst_oracle.diffstyler(
+        case.model,
+        case.content,
+        STEPS,
+        oracle_styles[:1] + [dst_oracle.OracleStyle(None, 1.0, conds[1], masks[1])],
+        p["base"],
+        p["neg"],
+        p["empty"],
+        10.5,
+        background,
+        inverted=oracle_inv,
+    )
+    assert rel(plain, want) > 100 * TOL
+
+
 def test_inversion_equals_the_released_fine_grid(mods, sd15):
     """The kept latents at the sampling timesteps equal the oracle's fine-grid inversion, start included."""
     pack_inv, oracle_inv = inversions(mods, sd15)

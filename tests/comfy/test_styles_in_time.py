@@ -159,3 +159,82 @@ def test_feature_fusion_refuses_a_timed_style_before_sampling(tiny, mods, invert
         mods.sample.DiffStylerMaskedFusionSampler.execute(
             patched, inverted, prompts["base"], prompts["neg"], 7.5, "exact", styles
         )
+
+
+# ------------------------------------------------------------------ a style held by a MODEL
+
+
+def model_with_lora(tiny, seed: int, same_weights: bool = False):
+    """The tiny checkpoint loaded again by the core loader (or the tiny MODEL itself: ``same_weights``) with a random
+    LoRA merged by ComfyUI's own loader, as a second Load Checkpoint + LoraLoader make one."""
+    import comfy.lora
+    import comfy_setup
+
+    import nodes
+
+    model = (
+        tiny.model if same_weights else nodes.CheckpointLoaderSimple().load_checkpoint(comfy_setup.CHECKPOINT_NAME)[0]
+    )
+    clone = model.clone()
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    clone.add_patches(comfy.lora.load_lora(dst_core.random_lora(model, seed=seed), key_map), 1.0)
+    return clone
+
+
+def model_style(mods, model, cond, mask, styles=None, start=0.0, end=1.0):
+    return mods.style.DiffStylerStyleModel.execute(model, cond, mask, styles, start, end).args[0]
+
+
+def test_a_model_style_runs_one_extra_call_per_step_on_its_range(tiny, mods, inverted, prompts):
+    """A MODEL style's rows (its content row while the windows are open, its cond/uncond rows) run in one call of
+    that model per step, only on its range; the base call keeps the LoRA style's rows."""
+    import comfy.patcher_extension
+
+    lora = dst_core.random_lora(tiny.model, seed=48)
+    styles = timed_styles(mods, [(lora, prompts["style"], half_mask(left=True), 0.0, 1.0)])
+    styles = model_style(mods, model_with_lora(tiny, 49), prompts["style2"], half_mask(left=False), styles, 0.0, 0.5)
+    patched = inject(mods, tiny.model, styles, 0.6, 0.5, lora_in_attn=False)
+    base_calls = record_calls(mods, patched)
+    (style_model,) = patched.get_additional_models_with_key(mods.patches.STYLE_MODELS_KEY)
+    other = []
+    style_model.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+        "rows",
+        lambda ex, x, *a, **kw: other.append(x.shape[0]) or ex(x, *a, **kw),
+    )
+    out = sample(mods, patched, inverted, prompts, styles)
+    res_steps = round(0.6 * STEPS)
+    n_active = len(active_steps(tiny, 0.0, 0.5, inverted.sigmas))
+    assert [r for _s, r, _l in base_calls] == [3] * res_steps + [2] * (STEPS - res_steps)
+    assert other == [3] * n_active, "the MODEL style's own call: content row + cond + uncond on its steps only"
+    print(f"\nMODEL style on 0-0.5: {sum(other) / STEPS:.1f} extra rows per step in a call of its own")
+    assert not torch.equal(out, inverted.content_latent)
+
+
+def test_a_model_style_of_another_architecture_is_refused_before_sampling(tiny, mods, inverted, prompts):
+    import dst_tiny
+
+    for kind, what in (("sdxl", "it is a SDXL"), ("sd2v", "noise schedule")):
+        other = dst_tiny.tiny_unet(kind, seed=1)
+        styles = model_style(mods, other, prompts["style"], half_mask())
+        with pytest.raises(ValueError, match=r"styles: style 1 \(MODEL [A-Za-z0-9]+\) is held by a MODEL that cannot"):
+            inject(mods, tiny.model, styles, 0.6, 0.5)
+        with pytest.raises(ValueError, match=what):
+            inject(mods, tiny.model, styles, 0.6, 0.5)
+
+
+def test_a_model_style_refuses_feature_fusion(tiny, mods, prompts):
+    styles = model_style(mods, model_with_lora(tiny, 50), prompts["style"], half_mask())
+    with pytest.raises(ValueError, match="fusion: style 1 is held by a MODEL"):
+        inject(mods, tiny.model, styles, 0.6, 0.5, fusion="feature")
+
+
+def test_a_model_style_sharing_the_base_weights_is_refused(tiny, mods, prompts):
+    """A LoRA merged by the core loader onto the Injector's own MODEL output shares its weights object: ComfyUI
+    keeps those weights patched for one MODEL at a time, so it cannot run as a second UNet; the message says what
+    to do instead."""
+    styles = model_style(mods, model_with_lora(tiny, 51, same_weights=True), prompts["style"], half_mask())
+    with pytest.raises(
+        ValueError, match="style 1 .* shares its weights with the Injector's MODEL .* second Load Checkpoint"
+    ):
+        inject(mods, tiny.model, styles, 0.6, 0.5)

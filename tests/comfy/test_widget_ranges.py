@@ -96,6 +96,8 @@ CASES = [  # node, input, bad value, ComfyUI's error type, a good value
     ("DiffStylerInvert", "feature_cache", "fp8", "value_not_in_list", "fp16"),
     ("DiffStylerStyleLoRA", "strength", 10.5, "value_bigger_than_max", 10.0),
     ("DiffStylerStyleLoRA", "strength", -11.0, "value_smaller_than_min", -10.0),
+    ("DiffStylerStyleLoRA", "start_percent", -0.5, "value_smaller_than_min", 0.0),
+    ("DiffStylerStyleLoRA", "end_percent", 1.5, "value_bigger_than_max", 1.0),
     ("DiffStylerRegionMask", "feather", -1, "value_smaller_than_min", 0),
     ("DiffStylerRegionMask", "feather", 1000, "value_bigger_than_max", 256),
 ]

@@ -12,6 +12,7 @@ pytestmark = pytest.mark.server
 CORE_NODES = {
     "DiffStylerInvert",
     "DiffStylerStyleLoRA",
+    "DiffStylerStyleModel",
     "DiffStylerCrossLoRAInjector",
     "DiffStylerMaskedFusionSampler",
     "DiffStylerGuider",

@@ -26,6 +26,7 @@ class OracleStyle:
     strength: float
     cond: list  # CONDITIONING
     mask: torch.Tensor  # MASK [1,H,W]
+    model: object = None  # a MODEL holding the style instead of a LoRA: that branch runs this model as it is
 
 
 def family(model) -> str:
@@ -194,7 +195,10 @@ def diffstyler(
     for m in masks:
         union |= m
     res_n, qk_n = math.floor(res_end * steps + 0.5), math.floor(qk_end * steps + 0.5)
-    branches = [(branch_model(model, s.lora, s.strength), s.cond, False) for s in styles]
+    branches = [
+        (s.model.clone() if s.model is not None else branch_model(model, s.lora, s.strength), s.cond, False)
+        for s in styles
+    ]
     if background == "model":
         branches.insert(0, (branch_model(model, None, 0.0), positive, True))
     injections = [Injection(clone) for clone, _c, _base in branches]
