@@ -13,6 +13,8 @@ random prompt embeddings, a random content latent and k stripe masks. Rows:
                running [content, uncond, cond] every step, noise fused by mask (3(k+1) rows per step);
                its injection bookkeeping is left out, which only flatters it;
 * cache      - the feature-cache option (content features recorded at inversion: 2k rows per step);
+* re-run     - the defaults again with other prompts and cfg on an inversion whose per-style content cache a first
+               run filled (DDIM Inversion ``content_cache_mb``): no content row, 2k rows per step, the same result;
 * fast       - the cache plus the experimental feature-fusion mode (2 rows per step whatever k).
 
 The sampling runs use an inversion on the sampler's own steps (``--grid``; the sampling cost does not depend on
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -379,7 +382,39 @@ def main():
             if args.kernels:
                 kern, syncs = kernels_per_step(ours, n)
                 res["kernels_per_step"][f"{tag}_k{k}"], res["syncs_per_step"][f"{tag}_k{k}"] = kern, syncs
-        del patched, fused, shared
+        # re-run (content cache): a first run fills the inversion's per-style content cache; the timed runs change
+        # the prompts and cfg (new Style objects, a new Injector) and find every content row's features stored
+        from comfyui_diffstyler.nodes.adapters.style_cache import ContentCache
+
+        inv_store = dataclasses.replace(inv, source_cache=ContentCache(1 << 40))
+        DiffStylerMaskedFusionSampler.execute(patched, inv_store, pos[0], neg, args.cfg, "exact", styles)
+        restyled = None
+        for i in range(k):
+            restyled = DiffStylerStyleLoRA.execute(
+                "None", 1.0, pos[(i + 2) % len(pos)], masks[i], lora=loras[i], styles=restyled
+            ).args[0]
+        again, rows = counting(
+            DiffStylerCrossLoRAInjector.execute(model, restyled, 0.6, 0.5, "adaptive", False).args[0]
+        )
+
+        def rerun(again=again, inv_store=inv_store, restyled=restyled):
+            return DiffStylerMaskedFusionSampler.execute(again, inv_store, pos[0], neg, args.cfg - 1, "exact", restyled)
+
+        with common.PeakMemory(dev) as pm:
+            t, _ = timed(rerun, dev, args.repeats)
+        res.setdefault("diffstyler_rerun_s", {})[str(k)] = t
+        res["peak_mb"][f"rerun_k{k}"] = pm.peak / 2**20
+        res["peak_rss_mb"][f"rerun_k{k}"] = pm.rss / 2**20
+        res["rows_per_step"][f"rerun_k{k}"] = rows["rows"] / (runs_per_case * n)
+        res.setdefault("content_cache_mb", {})[str(k)] = inv_store.source_cache.nbytes() / 2**20
+        first = next(iter(inv_store.source_cache.entries.values()))  # step 0 holds both the residual and the Q/K
+        step0 = first.res[0].numel() * first.res[0].element_size()
+        step0 += sum(q.numel() * q.element_size() * 2 for q, _k in first.qk[0].values())
+        res.setdefault("content_cache_mb_per_style_step", {})[str(k)] = step0 / 2**20
+        if args.kernels:
+            kern, syncs = kernels_per_step(rerun, n)
+            res["kernels_per_step"][f"rerun_k{k}"], res["syncs_per_step"][f"rerun_k{k}"] = kern, syncs
+        del patched, fused, shared, again, inv_store
         if not args.no_reference:
             copies = reference_copies(model, loras[:k])
             ref_rows = {"rows": 0}
@@ -430,6 +465,8 @@ def main():
             row(f"  background model k={k}", res["diffstyler_model_bg_s"][str(k)], f"model_bg_k{k}")
         if str(k) in res.get("diffstyler_shared_s", {}):
             row(f"  shared content k={k}", res["diffstyler_shared_s"][str(k)], f"shared_k{k}")
+        if str(k) in res.get("diffstyler_rerun_s", {}):
+            row(f"  re-run (content cache) k={k}", res["diffstyler_rerun_s"][str(k)], f"rerun_k{k}")
         if str(k) in res.get("diffstyler_cache_s", {}):
             row(f"  + feature cache k={k}", res["diffstyler_cache_s"][str(k)], f"cache_k{k}")
         if str(k) in res["diffstyler_fast_s"]:
@@ -446,6 +483,11 @@ def main():
         f"inversion: {res['inversion_s']:.3f} s; feature cache {res['feature_cache_mb']:.1f} MB; graph re-run with "
         f"unchanged content: {res['rerun_inversion_s']:.3f} s (first run {res['first_graph_run_s']:.3f} s)"
     )
+    for k, mb in res.get("content_cache_mb", {}).items():
+        per = res["content_cache_mb_per_style_step"][k]
+        print(
+            f"per-style content cache after k={k}: {mb:.1f} MB in all, {per:.2f} MB per style per step in the windows"
+        )
     if "diffstyler_k1" in res["peak_mb"] and "diffstyler_k3" in res["peak_mb"]:
         print(f"peak memory k=3 / k=1: {res['peak_mb']['diffstyler_k3'] / res['peak_mb']['diffstyler_k1']:.3f}")
     if args.json:

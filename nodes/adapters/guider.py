@@ -24,7 +24,7 @@ from ..core.masks import MASK_MODES, fuse, fusion_weights, inside_region, is_emp
 from ..core.schedule import ddim_step, find_sigma_index
 from ..core.styles import Style
 from . import inversion as inversion_adapter
-from . import patches
+from . import patches, style_cache
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +221,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             lora_in_injected_attention=s["lora_in_injected_attention"],
             model_sampling=self.inner_model.model_sampling,
             feature_cache=inv.feature_cache if self.use_cache else None,
+            source_cache=style_cache.run_cache(inv, self.model_patcher, self.state),
         )
         if self._fused:
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from ..core.lora import LayerDelta, conv2d_delta, linear_delta
 from ..core.schedule import blend_qk_, find_sigma_index, in_window, qk_blend_ratio
-from . import dynamic_vram
+from . import dynamic_vram, style_cache
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,13 @@ class CallPlan:
     fused_contexts: list | None = None  # per style, then background: (cond context, uncond context)
     fused_latent_hw: tuple | None = None
     fused_token_cache: dict = field(default_factory=dict)  # the run's cache for this call's fused row layout
+    # per-source content cache (style_cache): (start, m, b, features) per run of m chunks of b rows fed by a source
+    # whose features come from the store (res: the residual [b, ...]; qk: (block, transformer index) -> (q, k))
+    res_stored: list = field(default_factory=list)
+    qk_stored: list = field(default_factory=list)
+    # (start, b, sink) per content chunk whose features are recorded: rows [start, start + b) into sink (a dict)
+    res_record: list = field(default_factory=list)
+    qk_record: list = field(default_factory=list)
 
 
 SHARED_SOURCE = -1  # the content row without any LoRA (the base branch's, or every branch's when shared)
@@ -130,6 +137,7 @@ class RunPlan:
     fused_token_caches: dict = field(default_factory=dict)  # fused row layout -> masks per grid, region K/V per row
     # the guider's handler for calc_cond_batch calls while the run is active: (executor, model, conds, x, t, options)
     cond_batch_handler: object = None
+    source_cache: object = None  # style_cache.RunCache: per-source content features kept on the inversion
 
     def timestep_at(self, step: int) -> float:
         if self.timesteps is None:
@@ -165,6 +173,9 @@ class PatchState:
         self.replace_slots: list[tuple[str, tuple]] = []  # ("attn1"/"attn2", (block, id, transformer index))
         self.style_models: dict[int, PatchState] = {}  # MODEL styles: style index -> the state of its patched clone
         self.model_style_of: int | None = None  # on a MODEL style's clone: the style index it holds
+        self.style_deltas: list[dict] = []  # per style: module path -> LayerDelta (what its LoRA adds)
+        self.lora_digests: dict[int, str] = {}  # style -> digest of its deltas (style_cache.lora_digest)
+        self.wrapped_patches: dict = {}  # module path -> another node's object patch that our view wraps
 
     @property
     def call(self) -> CallPlan | None:
@@ -311,10 +322,14 @@ class InjectedResBlockMixin:
     def _forward(self, x, emb):
         state = self._ds_state
         call = state.call if state.run is not None else None
-        if call is None or call.res_rows is None:
+        if call is None or (call.res_rows is None and not call.res_stored and not call.res_record):
             return super()._forward(x, emb)
         h = self._ds_residual(x, emb)
-        if call.res_cached is not None:  # feature cache: the content residual recorded at inversion
+        for start, b, sink in call.res_record:  # a content row's residual, for the per-source content cache
+            sink["res"] = h[start : start + b].clone()
+        if call.res_rows is None:
+            pass
+        elif call.res_cached is not None:  # feature cache: the content residual recorded at inversion
             src = call.res_cached.to(device=h.device, dtype=h.dtype)
             span = call.res_span
             if span is not None and h.is_contiguous():  # h is this call's own fresh tensor
@@ -327,6 +342,10 @@ class InjectedResBlockMixin:
             view[:, 1:].copy_(view[:, :1])
         else:
             h = h.index_copy(0, call.res_rows, h.index_select(0, call.res_src))
+        if call.res_stored:
+            h = h.contiguous()
+            for start, m, b, src in call.res_stored:  # from the per-source content cache
+                h[start : start + m * b].view(m, b, *h.shape[1:]).copy_(src.to(device=h.device, dtype=h.dtype))
         if self.updown:
             x = self.x_upd(x)
         return self.skip_connection(x) + h
@@ -390,6 +409,15 @@ def make_qk_replace(state: PatchState, previous=None):
 
     def diffstyler_qk_replace(q, k, v, extra_options):
         call = state.call if state.run is not None else None
+        if call is not None and (call.qk_record or call.qk_stored):
+            key = (int(extra_options["block"][1]), int(extra_options.get("block_index", 0)))
+            for start, b, sink in call.qk_record:  # a content row's Q/K, for the per-source content cache
+                sink.setdefault("qk", {})[key] = (q[start : start + b].clone(), k[start : start + b].clone())
+            if call.qk_stored:
+                q, k = q.contiguous(), k.contiguous()
+                for start, m, b, layers in call.qk_stored:  # from the per-source content cache
+                    for t, src in zip((q, k), layers[key]):
+                        blend_qk_(t[start : start + m * b].view(m, b, *t.shape[1:]), src.to(t.device), call.qk_ratio)
         if call is not None and call.qk_rows is not None:
             r = call.qk_ratio
             span = call.qk_span
@@ -515,14 +543,31 @@ def make_apply_model_wrapper(state: PatchState):
         )
         device = x.device
         _index = run.index
+        # per-source content cache: a source whose features at this step are stored runs no content row
+        store = run.source_cache if (injected and not from_cache) else None
+        stored: dict[int, tuple] = {}  # source -> (residual or None, Q/K layers or None) from the store
+        keys: dict[int, tuple] = {}  # source -> its key, for the sources this call records
+        if store is not None:
+            need: dict[int, list[bool]] = {}
+            for j in injected:
+                n = need.setdefault(run.branch_source[roles[j][0]], [False, False])
+                n[0], n[1] = n[0] or res_on[j], n[1] or qk_on[j]
+            refs = style_cache.call_refs(transformer_options, state)
+            for src, (n_res, n_qk) in need.items():
+                key = store.key(src, x, refs)
+                got = store.cache.lookup(key, step, n_res, n_qk)
+                if got is not None:
+                    stored[src] = got
+                else:
+                    keys[src] = key
         # the call's layout: chunks grouped by branch (first-appearance order), each injected branch's content
-        # chunk (one per source) just before the first chunk that reads it
+        # chunk (one per source that runs one) just before the first chunk that reads it
         order: list[tuple[str, int]] = []  # ("src", source) or ("chunk", j)
-        if injected and not from_cache:
+        if injected and not from_cache and any(run.branch_source[roles[j][0]] not in stored for j in injected):
             by_branch: dict[int, list[int]] = {}
             for j, (branch, _u) in enumerate(roles):
                 by_branch.setdefault(branch, []).append(j)
-            placed = set()
+            placed = set(stored)
             for branch, js in by_branch.items():
                 src = run.branch_source.get(branch)
                 if src is not None and any(j in injected for j in js) and src not in placed:
@@ -535,12 +580,12 @@ def make_apply_model_wrapper(state: PatchState):
         pos_of_chunk = {v: p for p, (kind, v) in enumerate(order) if kind == "chunk"}
         pos_of_src = {v: p for p, (kind, v) in enumerate(order) if kind == "src"}
         identity = n_src == 0 and all(pos_of_chunk[j] == j for j in range(len(roles)))
+        if (n_src or stored) and (control is not None or c_concat is not None):
+            raise ValueError(
+                "DiffStyler's content injection cannot run together with ControlNet or inpainting-model inputs "
+                "in the same UNet call: set feature_injection_end and qk_injection_end to 0 to use them"
+            )
         if n_src:
-            if control is not None or c_concat is not None:
-                raise ValueError(
-                    "DiffStyler's content injection cannot run together with ControlNet or inpainting-model inputs "
-                    "in the same UNet call: set feature_injection_end and qk_injection_end to 0 to use them"
-                )
             x_src = run.content_latent_at(step).to(device=x.device, dtype=x.dtype)
             if x_src.shape[0] != b:
                 raise ValueError(
@@ -584,11 +629,20 @@ def make_apply_model_wrapper(state: PatchState):
                 first = cached if name == "res" else next(iter(cached.values()))[0]
                 setattr(plan, f"{name}_span", inject_span(rows, 0, b, [first]))
         elif injected:
-            for kind_on, name in ((res_on, "res"), (qk_on, "qk")):
+            for kind_on, name, part in ((res_on, "res", 0), (qk_on, "qk", 1)):
                 pairs: dict[int, list[int]] = {}
+                from_store: dict[int, list[int]] = {}
                 for j in injected:
                     if kind_on[j]:
-                        pairs.setdefault(pos_of_src[run.branch_source[roles[j][0]]], []).append(pos_of_chunk[j])
+                        src = run.branch_source[roles[j][0]]
+                        if src in stored:
+                            from_store.setdefault(src, []).append(pos_of_chunk[j])
+                        else:
+                            pairs.setdefault(pos_of_src[src], []).append(pos_of_chunk[j])
+                for src, chunks in from_store.items():  # runs of consecutive chunks: one in-place copy each
+                    getattr(plan, f"{name}_stored").extend(
+                        (run_[0] * b, len(run_), b, stored[src][part]) for run_ in _consecutive(sorted(chunks))
+                    )
                 if not pairs:
                     continue
                 dst = [p * b + i for c in sorted(pairs) for p in pairs[c] for i in range(b)]
@@ -596,8 +650,14 @@ def make_apply_model_wrapper(state: PatchState):
                 setattr(plan, f"{name}_rows", _index(dst, device))
                 setattr(plan, f"{name}_src", _index(src, device))
                 setattr(plan, f"{name}_group", inject_group({c: sorted(v) for c, v in pairs.items()}, b))
-        if plan.qk_rows is not None:
+        if plan.qk_rows is not None or plan.qk_stored:
             plan.qk_ratio = qk_blend_ratio(run.timestep_at(step), run.qk_blend)
+        sinks: dict[int, dict] = {}
+        for src in keys:  # record what each content row this call runs gives the rows it feeds
+            sinks[src] = {}
+            for kind_on, name in ((res_on, "res"), (qk_on, "qk")):
+                if any(kind_on[j] and run.branch_source[roles[j][0]] == src for j in injected):
+                    getattr(plan, f"{name}_record").append((pos_of_src[src] * b, b, sinks[src]))
         ranges = {s: (r[0], r[-1] + 1) for s, r in lora_rows.items() if r and r == list(range(r[0], r[-1] + 1))}
         block = None
         if len(ranges) == len(lora_rows) and len(ranges) > 1:
@@ -628,6 +688,10 @@ def make_apply_model_wrapper(state: PatchState):
             out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         finally:
             state.call = None
+        for src, sink in sinks.items():  # only once the call completed: never a step's features in part
+            feats = (sink.get("res"), sink.get("qk"))
+            where = (store.in_use, tuple(x.shape[-2:]), store.expect(src, run), store.refused)
+            store.cache.commit(keys[src], store.label(src), step, *feats, *where)
         if identity:
             return out
         back = [pos_of_chunk[j] * b + i for j in range(len(roles)) for i in range(b)]
@@ -636,6 +700,17 @@ def make_apply_model_wrapper(state: PatchState):
         return out.index_select(0, _index(back, out.device))
 
     return diffstyler_apply_model
+
+
+def _consecutive(values: list[int]) -> list[list[int]]:
+    """``values`` (sorted) split into runs of consecutive integers."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return runs
 
 
 def _batched(v, rows: int) -> bool:
@@ -710,6 +785,7 @@ def install(
     patched = dynamic_vram.static_clone(model, what)
     state = PatchState(block_map, len(styles_deltas), style_ids, settings)
     state.lora_styles = {s for s, deltas in enumerate(styles_deltas) if deltas}
+    state.style_deltas = list(styles_deltas)
     modules = dict(patched.model.named_modules())
     injected_ids = {
         id(m)
@@ -729,6 +805,8 @@ def install(
             logger.warning("DiffStyler: LoRA target %s is not a Linear/Conv2d layer of this model; skipped", path)
             continue
         current = patched.get_model_object(path)
+        if path in patched.object_patches:  # another node's object patch: our view wraps it
+            state.wrapped_patches[path] = current
         patched.add_object_patch(
             path,
             swapped_copy(
@@ -748,6 +826,8 @@ def install(
     )
 
     res = patched.get_model_object(block_map.resblock)
+    if block_map.resblock in patched.object_patches:
+        state.wrapped_patches[block_map.resblock] = res
     patched.add_object_patch(block_map.resblock, swapped_copy(res, InjectedResBlockMixin, _ds_state=state))
     logger.info("DiffStyler: ResBlock feature injection at %s", block_map.resblock)
 

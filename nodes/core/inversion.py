@@ -86,6 +86,8 @@ class InversionResult:
     ``unet_rows``: UNet rows the inversion evaluated per batch item.
     ``content_latent``: the clean latent as given (VAE space, ``[B,C,h,w]``).
     ``conditioning``: the ComfyUI CONDITIONING used for the content branch (empty prompt by default).
+    ``source_cache``: the per-source content-feature cache the sampler fills and reads (``style_cache.ContentCache``,
+    set by the DDIM Inversion node; None: off). It lives and dies with this object.
     """
 
     sigmas: torch.Tensor
@@ -96,6 +98,7 @@ class InversionResult:
     feature_cache: FeatureCache | None = None
     grid: str = "fine"
     unet_rows: int = 0
+    source_cache: object = None
 
     @property
     def steps(self) -> int:

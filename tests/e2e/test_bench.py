@@ -41,6 +41,11 @@ def test_bench_prints_the_table_and_the_json_contract(tmp_path):
     assert rows["fast_k1"] == rows["fast_k3"] == 2 and rows["cache_k3"] == 6
     # one content row per style, only inside the windows (2 of the 4 steps here): k=3 runs three times k=1's
     assert 2 < rows["diffstyler_k1"] < 3 and abs((rows["diffstyler_k3"] - 6) - 3 * (rows["diffstyler_k1"] - 2)) < 1e-9
+    # the re-run on the per-style content cache: no content row, 2 rows per style per step
+    assert rows["rerun_k1"] == 2 and rows["rerun_k3"] == 6
+    assert set(res["diffstyler_rerun_s"]) == set(res["content_cache_mb"]) == {"1", "3"}
+    assert all(v > 0 for v in res["diffstyler_rerun_s"].values()) and res["content_cache_mb"]["3"] > 0
+    assert abs(res["content_cache_mb_per_style_step"]["3"] - res["content_cache_mb_per_style_step"]["1"]) < 1e-9
     assert all(v > 0 for v in res["peak_rss_mb"].values())
     assert res["rerun_inversion_s"] < res["inversion_s"], "a re-run with unchanged content must not re-invert"
     kern, syncs = res["kernels_per_step"], res["syncs_per_step"]
@@ -50,7 +55,8 @@ def test_bench_prints_the_table_and_the_json_contract(tmp_path):
     assert kern["plain"] < kern["diffstyler_k1"] < kern["reference_k1"]
     assert kern["diffstyler_k3"] < 1.1 * kern["diffstyler_k1"] and kern["diffstyler_k3"] < kern["reference_k3"] / 2
     table = "\n".join(lines)
-    for label in ("plain DDIM", "diffstyler k=3", "reference k=3", "+ cache + feat.fusion", "speed-up over", "kernels"):
+    labels = ("plain DDIM", "diffstyler k=3", "reference k=3", "+ cache + feat.fusion", "speed-up over", "kernels")
+    for label in (*labels, "re-run (content cache) k=3", "per-style content cache after k=3"):
         assert label in table, label
     assert list(tmp_path.iterdir()) == [], "the bench writes nothing"
 
