@@ -15,7 +15,10 @@ random prompt embeddings, a random content latent and k stripe masks. Rows:
 * cache      - the feature-cache option (content features recorded at inversion: 2k rows per step);
 * re-run     - the defaults again with other prompts and cfg on an inversion whose per-style content cache a first
                run filled (DDIM Inversion ``content_cache_mb``): no content row, 2k rows per step, the same result;
-* fast       - the cache plus the experimental feature-fusion mode (2 rows per step whatever k).
+* fast       - the cache plus the experimental feature-fusion mode (2 rows per step whatever k);
+* half       - k = 1: the style active on the first half of the steps only (start 0, end 0.5): no rows after;
+* MODEL style - k = 1: the style held by a second full-size UNet (Style Model node): its rows in an extra call of
+               that UNet per step (the rows counted across both UNets; its memory is the second UNet).
 
 The sampling runs use an inversion on the sampler's own steps (``--grid``; the sampling cost does not depend on
 it); the inversion's own cost is reported on its own line for ``--grid`` and, with ``--time-grids``, for every
@@ -72,17 +75,27 @@ def kernels_per_step(fn, steps: int) -> tuple[float, float]:
 
 def counting(patcher):
     """A clone of ``patcher`` that counts the rows of every UNet call: rows per step are measured, not assumed."""
-    import comfy.patcher_extension
 
     counter = {"rows": 0}
+    clone = patcher.clone()
+    count_into(clone, counter)
+    # a MODEL style's own UNet (an additional model of the patched MODEL): its rows count too
+    for extra in clone.get_additional_models_with_key("diffstyler_style_models"):
+        count_into(extra, counter)
+    return clone, counter
+
+
+def count_into(patcher, counter: dict) -> None:
+    """Add the rows of every UNet call of ``patcher`` to ``counter["rows"]``."""
+    import comfy.patcher_extension
 
     def count_rows(executor, x, *args, **kwargs):
         counter["rows"] += int(x.shape[0])
         return executor(x, *args, **kwargs)
 
-    clone = patcher.clone()
-    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "diffstyler_bench_rows", count_rows)
-    return clone, counter
+    patcher.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "diffstyler_bench_rows", count_rows
+    )
 
 
 def reference_copies(model, loras, strength=1.0):
@@ -414,6 +427,33 @@ def main():
         if args.kernels:
             kern, syncs = kernels_per_step(rerun, n)
             res["kernels_per_step"][f"rerun_k{k}"], res["syncs_per_step"][f"rerun_k{k}"] = kern, syncs
+        if k == 1:  # styles in time and a style held by a MODEL (issue 21)
+            from comfyui_diffstyler.nodes.style import DiffStylerStyleModel
+
+            half = DiffStylerStyleLoRA.execute(
+                "None", 1.0, pos[1], masks[0], lora=loras[0], start_percent=0.0, end_percent=0.5
+            ).args[0]
+            style_unet = common.full_sd15(seed=1, channels=args.channels)  # a second UNet: a fine-tuned checkpoint
+            by_model = DiffStylerStyleModel.execute(style_unet, pos[1], masks[0]).args[0]
+            for tag, st, key in (("half", half, "diffstyler_half_s"), ("model_style", by_model, "diffstyler_model_s")):
+                mdl, rows = counting(
+                    DiffStylerCrossLoRAInjector.execute(model, st, 0.6, 0.5, "adaptive", False).args[0]
+                )
+
+                def timed_style(mdl=mdl, st=st):
+                    return DiffStylerMaskedFusionSampler.execute(mdl, inv, pos[0], neg, args.cfg, "exact", st)
+
+                with common.PeakMemory(dev) as pm:
+                    t, _ = timed(timed_style, dev, args.repeats)
+                res[key] = {"1": t}
+                res["peak_mb"][f"{tag}_k1"] = pm.peak / 2**20
+                res["peak_rss_mb"][f"{tag}_k1"] = pm.rss / 2**20
+                res["rows_per_step"][f"{tag}_k1"] = rows["rows"] / (runs_per_case * n)
+                if args.kernels:
+                    kern, syncs = kernels_per_step(timed_style, n)
+                    res["kernels_per_step"][f"{tag}_k1"], res["syncs_per_step"][f"{tag}_k1"] = kern, syncs
+                del mdl
+            del style_unet, by_model
         del patched, fused, shared, again, inv_store
         if not args.no_reference:
             copies = reference_copies(model, loras[:k])
@@ -467,6 +507,10 @@ def main():
             row(f"  shared content k={k}", res["diffstyler_shared_s"][str(k)], f"shared_k{k}")
         if str(k) in res.get("diffstyler_rerun_s", {}):
             row(f"  re-run (content cache) k={k}", res["diffstyler_rerun_s"][str(k)], f"rerun_k{k}")
+        if str(k) in res.get("diffstyler_half_s", {}):
+            row("  style on 0-0.5 only", res["diffstyler_half_s"][str(k)], f"half_k{k}")
+        if str(k) in res.get("diffstyler_model_s", {}):
+            row("  MODEL style (2 UNets)", res["diffstyler_model_s"][str(k)], f"model_style_k{k}")
         if str(k) in res.get("diffstyler_cache_s", {}):
             row(f"  + feature cache k={k}", res["diffstyler_cache_s"][str(k)], f"cache_k{k}")
         if str(k) in res["diffstyler_fast_s"]:
