@@ -487,13 +487,13 @@ def main():
     )
     kern = res["kernels_per_step"]
     print(
-        f"{'run':<22}{'seconds':>10}{'x plain':>10}{'rows/step':>11}{'peak MB':>10}"
+        f"{'run':<30}{'seconds':>10}{'x plain':>10}{'rows/step':>11}{'peak MB':>10}"
         + (f"{'kernels/step':>14}{'x plain':>9}{'syncs/step':>12}" if kern else "")
     )
 
     def row(name, t, tag):
         rows = res["rows_per_step"][tag]
-        line = f"{name:<22}{t:>10.3f}{t / res['plain_s']:>10.2f}{rows:>11.1f}{res['peak_mb'][tag]:>10.0f}"
+        line = f"{name:<30}{t:>10.3f}{t / res['plain_s']:>10.2f}{rows:>11.1f}{res['peak_mb'][tag]:>10.0f}"
         if tag in kern:
             line += f"{kern[tag]:>14.0f}{kern[tag] / kern['plain']:>9.2f}{res['syncs_per_step'][tag]:>12.1f}"
         print(line)
