@@ -1,4 +1,8 @@
-"""Fixtures shared by the tests on the real ComfyUI: the pack's modules, prompts, a content picture, its inversion."""
+"""Fixtures shared by tests on the real ComfyUI: the pack's modules, prompts, a content picture, its inversion.
+
+Test modules import them by name (``from dst_fixtures import mods, prompts, content, inverted``): a second
+``conftest.py`` under tests/ would take the module name ``conftest`` that tests import ``IN_CI`` and friends from.
+"""
 
 from __future__ import annotations
 
