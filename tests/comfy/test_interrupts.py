@@ -216,4 +216,12 @@ def test_interrupt_in_a_graph(tiny, comfy_home, run_graph, interrupter, node):
     assert interrupter.fired and interrupter.calls_after <= 1
     again = run_graph(prompt)
     assert node in again.executed_nodes()
-    assert torch.equal(again.outputs("15")[0][0]["samples"], baseline)
+    out = again.outputs("15")[0][0]["samples"]
+    if node == "5":  # interrupted inversion: nothing of it is kept, the re-run is the uninterrupted run
+        assert torch.equal(out, baseline)
+    else:
+        # interrupted sampler: the inversion (kept by ComfyUI) holds the per-style content features of the steps the
+        # run completed, never of a half-made one; the re-run reads them instead of the content rows, which leaves
+        # the result within float rounding of the uninterrupted run (fewer rows per UNet call: other kernels)
+        rel = float((out - baseline).norm() / baseline.norm())
+        assert rel <= 1e-6, rel
