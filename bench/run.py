@@ -359,6 +359,20 @@ def main():
     res["rows_per_step"]["plain"] = plain_rows["rows"] / (runs_per_case * n)
     if args.kernels:
         res["kernels_per_step"]["plain"], res["syncs_per_step"]["plain"] = kernels_per_step(plain, n)
+
+    def measure(fn, key: str, tag: str, k: int, rows: dict) -> None:
+        """Time ``fn`` and record its time (``res[key][k]``), peak memory, rows per step (from the ``rows`` counter
+        of its model) and, with --kernels, kernels and syncs per step under ``{tag}_k{k}``."""
+        with common.PeakMemory(dev) as pm:
+            t, _ = timed(fn, dev, args.repeats)
+        res.setdefault(key, {})[str(k)] = t
+        res["peak_mb"][f"{tag}_k{k}"] = pm.peak / 2**20
+        res["peak_rss_mb"][f"{tag}_k{k}"] = pm.rss / 2**20
+        res["rows_per_step"][f"{tag}_k{k}"] = rows["rows"] / (runs_per_case * n)
+        if args.kernels:
+            kern, syncs = kernels_per_step(fn, n)
+            res["kernels_per_step"][f"{tag}_k{k}"], res["syncs_per_step"][f"{tag}_k{k}"] = kern, syncs
+
     for k in ks:
         masks = common.stripes(k, args.size)
         styles = None
@@ -386,15 +400,7 @@ def main():
             def ours(use=use, mdl=mdl, styles=styles, bg=bg):
                 return DiffStylerMaskedFusionSampler.execute(mdl, use, pos[0], neg, args.cfg, bg, styles)
 
-            with common.PeakMemory(dev) as pm:
-                t, _ = timed(ours, dev, args.repeats)
-            res.setdefault(key, {})[str(k)] = t
-            res["peak_mb"][f"{tag}_k{k}"] = pm.peak / 2**20
-            res["peak_rss_mb"][f"{tag}_k{k}"] = pm.rss / 2**20
-            res["rows_per_step"][f"{tag}_k{k}"] = rows["rows"] / (runs_per_case * n)
-            if args.kernels:
-                kern, syncs = kernels_per_step(ours, n)
-                res["kernels_per_step"][f"{tag}_k{k}"], res["syncs_per_step"][f"{tag}_k{k}"] = kern, syncs
+            measure(ours, key, tag, k, rows)
         # re-run (content cache): a first run fills the inversion's per-style content cache; the timed runs change
         # the prompts and cfg (new Style objects, a new Injector) and find every content row's features stored
         from comfyui_diffstyler.nodes.adapters.style_cache import ContentCache
@@ -413,20 +419,12 @@ def main():
         def rerun(again=again, inv_store=inv_store, restyled=restyled):
             return DiffStylerMaskedFusionSampler.execute(again, inv_store, pos[0], neg, args.cfg - 1, "exact", restyled)
 
-        with common.PeakMemory(dev) as pm:
-            t, _ = timed(rerun, dev, args.repeats)
-        res.setdefault("diffstyler_rerun_s", {})[str(k)] = t
-        res["peak_mb"][f"rerun_k{k}"] = pm.peak / 2**20
-        res["peak_rss_mb"][f"rerun_k{k}"] = pm.rss / 2**20
-        res["rows_per_step"][f"rerun_k{k}"] = rows["rows"] / (runs_per_case * n)
+        measure(rerun, "diffstyler_rerun_s", "rerun", k, rows)
         res.setdefault("content_cache_mb", {})[str(k)] = inv_store.source_cache.nbytes() / 2**20
         first = next(iter(inv_store.source_cache.entries.values()))  # step 0 holds both the residual and the Q/K
         step0 = first.res[0].numel() * first.res[0].element_size()
         step0 += sum(q.numel() * q.element_size() * 2 for q, _k in first.qk[0].values())
         res.setdefault("content_cache_mb_per_style_step", {})[str(k)] = step0 / 2**20
-        if args.kernels:
-            kern, syncs = kernels_per_step(rerun, n)
-            res["kernels_per_step"][f"rerun_k{k}"], res["syncs_per_step"][f"rerun_k{k}"] = kern, syncs
         if k == 1:  # styles in time and a style held by a MODEL (issue 21)
             from comfyui_diffstyler.nodes.style import DiffStylerStyleModel
 
@@ -443,15 +441,7 @@ def main():
                 def timed_style(mdl=mdl, st=st):
                     return DiffStylerMaskedFusionSampler.execute(mdl, inv, pos[0], neg, args.cfg, "exact", st)
 
-                with common.PeakMemory(dev) as pm:
-                    t, _ = timed(timed_style, dev, args.repeats)
-                res[key] = {"1": t}
-                res["peak_mb"][f"{tag}_k1"] = pm.peak / 2**20
-                res["peak_rss_mb"][f"{tag}_k1"] = pm.rss / 2**20
-                res["rows_per_step"][f"{tag}_k1"] = rows["rows"] / (runs_per_case * n)
-                if args.kernels:
-                    kern, syncs = kernels_per_step(timed_style, n)
-                    res["kernels_per_step"][f"{tag}_k1"], res["syncs_per_step"][f"{tag}_k1"] = kern, syncs
+                measure(timed_style, key, tag, 1, rows)
                 del mdl
             del style_unet, by_model
         del patched, fused, shared, again, inv_store

@@ -121,7 +121,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             tuple(i for i in self.active if bounds[i][1] <= sig <= bounds[i][0]) for sig in sigmas[:-1]
         ]
         self._phases: dict[tuple[int, ...], tuple] = {}
-        self.weights, self.bg_weight, self.inside = self._phase(tuple(self.active))
+        self.weights, self.bg_weight, _inside = self._phase(tuple(self.active))  # every style: feature fusion's
         # the region whose latent the run returns as styled (exact background): the styles active at the last step
         self.final_inside = self._phase(self.step_styles[-1] if self.step_styles else ())[2]
 

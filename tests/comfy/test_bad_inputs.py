@@ -35,6 +35,7 @@ import pytest
 import reliability_tools as rt
 import safetensors.torch
 import torch
+from dst_fixtures import prompts  # noqa: F401 - fixture
 
 STEPS = 4
 QUIET = "rel_quiet.pt"
@@ -54,20 +55,6 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def mods(pack):
     return rt.node_modules()
-
-
-@pytest.fixture(scope="module")
-def prompts(tiny):
-    def enc(text):
-        return tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(text))
-
-    return {
-        "empty": enc(""),
-        "style": enc("painting of <sss>, deer"),
-        "style2": enc("sketch of grass"),
-        "base": enc("a deer on grass"),
-        "neg": enc("ugly, blurry, black, low res, unrealistic"),
-    }
 
 
 @pytest.fixture(scope="module")
