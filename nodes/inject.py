@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from ._api import io
-from .adapters import lora_file, patches
+from .adapters import lora_file
+from .adapters.injector import install
+from .adapters.injector.state import BASE_INJECTIONS, CONTENT_ROWS, DEFAULTS, FUSIONS, QK_BLENDS, InjectorSettings
 from .style import STYLES
 
 
@@ -24,7 +26,7 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                 STYLES.Input("styles", tooltip="The styles from Style LoRA Loader (DiffStyler)."),
                 io.Float.Input(
                     "feature_injection_end",
-                    default=0.6,
+                    default=DEFAULTS.feature_injection_end,
                     min=0.0,
                     max=1.0,
                     step=0.01,
@@ -33,7 +35,7 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "qk_injection_end",
-                    default=0.5,
+                    default=DEFAULTS.qk_injection_end,
                     min=0.0,
                     max=1.0,
                     step=0.01,
@@ -42,22 +44,22 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "qk_blend",
-                    options=["adaptive", "replace"],
-                    default="adaptive",
+                    options=list(QK_BLENDS),
+                    default=DEFAULTS.qk_blend,
                     tooltip="adaptive: q = r*q_content + (1-r)*q_style with r = min(1, 2t/1000) (the paper); "
                     "replace: r = 1 (plain Plug-and-Play).",
                 ),
                 io.Boolean.Input(
                     "lora_in_injected_attention",
-                    default=False,
+                    default=DEFAULTS.lora_in_injected_attention,
                     tooltip="Off (the released pipeline): the style LoRA is bypassed inside the Q/K-injected decoder "
                     "self-attention layers, in every branch and at every step. On: the LoRA acts there too (our "
                     "option; stronger style, less content structure).",
                 ),
                 io.Combo.Input(
                     "fusion",
-                    options=["noise", "feature"],
-                    default="noise",
+                    options=list(FUSIONS),
+                    default=DEFAULTS.fusion,
                     optional=True,
                     tooltip="noise: one cond/uncond pair per style, fused by mask (the paper). feature "
                     "(experimental): all styles share one pair; each style's LoRA acts on its region's tokens and "
@@ -65,8 +67,8 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "content_rows",
-                    options=["per style", "shared"],
-                    default="per style",
+                    options=list(CONTENT_ROWS),
+                    default=DEFAULTS.content_rows,
                     optional=True,
                     tooltip="per style (the released pipeline): each style's injected features come from the content "
                     "latent evaluated with that style's own LoRA (one content row per style). shared (faster, our "
@@ -74,8 +76,8 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "base_injection",
-                    options=["all steps", "style windows"],
-                    default="all steps",
+                    options=list(BASE_INJECTIONS),
+                    default=DEFAULTS.base_injection,
                     optional=True,
                     tooltip="For background = model: the base branch injects ResBlock features and Q/K on all steps "
                     "(the released pipeline) or only inside the style windows above.",
@@ -93,13 +95,13 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
         qk_injection_end: float,
         qk_blend: str,
         lora_in_injected_attention: bool,
-        fusion: str = "noise",
-        content_rows: str = "per style",
-        base_injection: str = "all steps",
+        fusion: str = DEFAULTS.fusion,
+        content_rows: str = DEFAULTS.content_rows,
+        base_injection: str = DEFAULTS.base_injection,
     ) -> io.NodeOutput:
         if not styles:
             raise ValueError("styles: no styles connected: chain at least one Style LoRA Loader (DiffStyler)")
-        if patches.state_of(model) is not None:
+        if install.state_of(model) is not None:
             raise ValueError(
                 "model: this MODEL already comes from a Cross-LoRA Attention Injector (DiffStyler); one Injector "
                 "patches a model for all its styles: connect the MODEL before that Injector, and chain every style "
@@ -108,7 +110,7 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
         deltas = []
         for i, s in enumerate(styles):
             if s.model is not None:  # a MODEL style: its own weights, in an extra UNet call (patched below)
-                patches.check_style_model(model, s.model, f"style {i + 1} ({s.name})")
+                install.check_style_model(model, s.model, f"style {i + 1} ({s.name})")
                 deltas.append({})
                 continue
             if s.lora is None or s.strength == 0:
@@ -116,16 +118,16 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                 continue
             p = lora_file.unet_patches(s.lora, model, f"style {i + 1} LoRA ({s.name})")
             deltas.append(lora_file.layer_deltas(p, model, s.strength, f"style {i + 1} LoRA ({s.name})"))
-        settings = {
-            "feature_injection_end": float(feature_injection_end),
-            "qk_injection_end": float(qk_injection_end),
-            "qk_blend": qk_blend,
-            "lora_in_injected_attention": bool(lora_in_injected_attention),
-            "fusion": fusion,
-            "content_rows": content_rows,
-            "base_injection": base_injection,
-        }
-        patched, state = patches.install(model, deltas, tuple(s.uid for s in styles), settings)
+        settings = InjectorSettings(
+            feature_injection_end=feature_injection_end,
+            qk_injection_end=qk_injection_end,
+            qk_blend=qk_blend,
+            lora_in_injected_attention=lora_in_injected_attention,
+            fusion=fusion,
+            content_rows=content_rows,
+            base_injection=base_injection,
+        )
+        patched, state = install.install(model, deltas, tuple(s.uid for s in styles), settings)
         state.styles = list(styles)
         model_styles = [i for i, s in enumerate(styles) if s.model is not None]
         if model_styles:
@@ -134,7 +136,7 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                     f"fusion: style {model_styles[0] + 1} is held by a MODEL, whose rows run in a UNet call of their "
                     "own, which feature fusion cannot share: set fusion to 'noise'"
                 )
-            patches.install_style_models(patched, state, {i: styles[i].model for i in model_styles}, settings)
+            install.install_style_models(patched, state, {i: styles[i].model for i in model_styles})
         return io.NodeOutput(patched)
 
 

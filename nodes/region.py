@@ -80,7 +80,10 @@ class DiffStylerRegionMask(io.ComfyNode):
         if not styles:
             raise ValueError("styles: no styles: connect the Style LoRA Loader chain given to the sampler")
         if keep_original:
-            region = region_mask_latent([s.mask for s in styles], h, w)
+            # every style that runs at some step (an ended style's region goes on with the base model, so it is
+            # restyled too); a style with an empty step range leaves the content as it was
+            live = [s.mask for s in styles if not s.never_active]
+            region = region_mask_latent(live, h, w) if live else torch.zeros(1, 1, h, w, dtype=torch.bool)
             mask = core.feathered_paste_mask(core.latent_region_to_pixels(region, ratio), int(feather))
         else:
             mask = torch.ones(1, h * ratio, w * ratio)

@@ -61,9 +61,9 @@ def _common_inputs():
 
 
 def _styles_of(model, styles):
-    from .adapters import patches
+    from .adapters.injector.install import state_of
 
-    state = patches.state_of(model)
+    state = state_of(model)
     if styles is None and state is not None:
         return state.styles  # the styles the Injector patched
     return styles

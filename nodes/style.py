@@ -202,7 +202,7 @@ class DiffStylerStyleModel(io.ComfyNode):
     def execute(
         cls, model, conditioning, mask=None, styles=None, start_percent: float = 0.0, end_percent: float = 1.0
     ) -> io.NodeOutput:
-        from .adapters.inversion import model_fingerprint
+        from .adapters.fingerprint import model_fingerprint
 
         number = check_range(styles, start_percent, end_percent)
         if model is None or not hasattr(model, "model"):

@@ -4,7 +4,7 @@ the two things of this pack it does not fit.
 Under dynamic loading the weights stay in RAM and each layer's forward casts them to the GPU through a
 virtual buffer (``comfy.ops.cast_bias_weight`` with the layer's ``_v``); ``load`` only stages them.
 
-* **Injector** (class-swapped object patches, ``patches.swapped_copy``): a view shares the ``__dict__`` of one
+* **Injector** (class-swapped object patches, ``injector/layers.swapped_copy``): a view shares the ``__dict__`` of one
   layer of *this* model. When a conditioning carries hooks, ``CFGGuider.inner_set_conds`` swaps the MODEL for
   ``get_non_dynamic_delegate()``: a second BaseModel loaded again from the checkpoint, which copies the object
   patches, so the delegate's tree would hold layers of the dynamic model (its weights, its staging state) and

@@ -14,7 +14,9 @@ import torch
 
 from ..core.inversion import FeatureCache
 from ..core.schedule import in_window
-from . import patches
+from .injector import arch
+from .injector.attention import attend, layer_key, replace_block
+from .injector.layers import swapped_copy
 
 logger = logging.getLogger(__name__)
 
@@ -40,39 +42,37 @@ class Recorder:
         return t.detach().to(device=self.store_device, dtype=self.cache.dtype, copy=True)
 
 
-class RecordResBlockMixin:
+class RecordResidualMixin:
+    """The injected ResBlock's last residual layer (``arch.UNetFamily.residual_path``): records its output."""
+
     _ds_recorder: Recorder
 
-    def _forward(self, x, emb):
+    def forward(self, *args, **kwargs):
+        h = super().forward(*args, **kwargs)
         rec = self._ds_recorder
-        if not rec.want_res():
-            return super()._forward(x, emb)
-        h = patches.InjectedResBlockMixin._ds_residual(self, x, emb)
-        rec.cache.res[rec.step] = rec.keep(h)
-        if self.updown:
-            x = self.x_upd(x)
-        return self.skip_connection(x) + h
+        if rec.want_res():
+            rec.cache.res[rec.step] = rec.keep(h)
+        return h
 
 
 def make_qk_recorder(rec: Recorder, previous=None):
     def diffstyler_qk_recorder(q, k, v, extra_options):
         if rec.want_qk():
-            key = (int(extra_options["block"][1]), int(extra_options.get("block_index", 0)))
-            rec.cache.qk.setdefault(rec.step, {})[key] = (rec.keep(q), rec.keep(k))
-        return patches.attend(q, k, v, extra_options, previous)
+            rec.cache.qk.setdefault(rec.step, {})[layer_key(extra_options)] = (rec.keep(q), rec.keep(k))
+        return attend(q, k, v, extra_options, previous)
 
     return diffstyler_qk_recorder
 
 
 def recording_clone(model, cache: FeatureCache, steps: int, store_device):
     """A clone of ``model`` whose injected layers record into ``cache``; returns (clone, recorder)."""
-    block_map = patches.block_map_for(model)
+    family = arch.family_for(model)
     rec = Recorder(cache, steps, store_device)
     clone = model.clone()
-    res = clone.get_model_object(block_map.resblock)
-    clone.add_object_patch(block_map.resblock, patches.swapped_copy(res, RecordResBlockMixin, _ds_recorder=rec))
-    for i in block_map.qk_blocks:  # every slot ComfyUI may look up, chained to the replace it had
-        patches.replace_block(clone, "attn1", "output", i, lambda previous: make_qk_recorder(rec, previous))
+    path = family.residual_path(clone)
+    clone.add_object_patch(path, swapped_copy(clone.get_model_object(path), RecordResidualMixin, _ds_recorder=rec))
+    for name, bid in family.qk_block_keys():  # every slot ComfyUI may look up, chained to the replace it had
+        replace_block(clone, "attn1", name, bid, lambda previous: make_qk_recorder(rec, previous))
     return clone, rec
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from ..core.lora import linear_delta
 from ..core.masks import resize_mask_to_tokens
-from .patches import RowLoRAMixin, attend
+from .injector.attention import attend
 
 
 def grid_for_tokens(n_tokens: int, h: int, w: int) -> tuple[int, int] | None:
@@ -170,7 +170,7 @@ def _project(module, ctx: torch.Tensor, delta, dtype) -> torch.Tensor:
     which under lowvram may sit on another device and lack those patches.
     """
     ctx = ctx.to(dtype)
-    base = super(RowLoRAMixin, module).forward if isinstance(module, RowLoRAMixin) else module
+    base = getattr(module, "_ds_base_forward", module)  # a per-row LoRA view: its forward without the rows
     out = base(ctx)
     if delta is not None:
         out = out + linear_delta(ctx, delta.to(ctx.device, ctx.dtype)).to(out.dtype)

@@ -12,24 +12,32 @@ from __future__ import annotations
 import logging
 import math
 
-import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.samplers
 import torch
-from tqdm.auto import trange
 
 from ..core.inversion import InversionResult
-from ..core.masks import MASK_MODES, fuse, fusion_weights, inside_region, is_empty, resize_mask_to_latent
-from ..core.schedule import ddim_step, find_sigma_index
+from ..core.masks import MASK_MODES, is_empty, resize_mask_to_latent
+from ..core.phases import StylePhases, fuse_phase, step_styles
+from ..core.rows import Branch, Source
+from ..core.schedule import find_sigma_index
 from ..core.styles import Style
 from . import inversion as inversion_adapter
-from . import patches, style_cache
+from . import style_cache
+from .areas import check_areas
+from .ddim import ddim_sampler, sample_diffstyler_ddim
+from .injector.attention import overridden_replaces
+from .injector.install import state_of
+from .injector.state import RunPlan
+from .model_styles import ModelStyles
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["BACKGROUNDS", "DiffStylerGuider", "ddim_sampler", "sample_diffstyler_ddim"]
+
 BACKGROUNDS = ("exact", "model")
-FUSED_BRANCH = 1000
+FUSED_BRANCH = Branch.FUSED
 
 
 class DiffStylerGuider(comfy.samplers.CFGGuider):
@@ -51,7 +59,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         if masks not in MASK_MODES:
             raise ValueError(f"masks: expected one of {MASK_MODES}, got {masks!r}")
         self.mask_mode = masks
-        state = patches.state_of(model_patcher)
+        state = state_of(model_patcher)
         if state is None:
             raise ValueError(
                 "model: this MODEL has no DiffStyler patches: connect the MODEL output of Cross-LoRA Attention "
@@ -77,7 +85,8 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         self.set_cfg(cfg)
         self._prepare_masks()
         self._run = None
-        self._model_styles: dict = {}  # MODEL styles of the run in progress: style index -> loaded ModelPatcher
+        self._slice = (0, inversion.steps)  # the part of the inversion's schedule this guider samples
+        self._model_styles: ModelStyles | None = None  # the MODEL styles of the run in progress
 
     # ------------------------------------------------------------------ setup
     def _prepare_masks(self):
@@ -100,57 +109,34 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             self.active.append(i)
             masks.append(m)
         self.masks = masks
-        self._masks_by_style = dict(zip(self.active, masks))
         timed = [i for i in self.active if self.styles[i].timed]
-        if timed and self.state.settings.get("fusion") == "feature":
+        if timed and self.state.settings.feature_fusion:
             i = timed[0]
             raise ValueError(
                 f"styles: style {i + 1} ({self.styles[i].name}) is active on part of the sampling only "
                 f"({self.styles[i].start_percent} to {self.styles[i].end_percent}), which feature fusion does not "
                 "support: set the Injector's fusion to 'noise', or the style's range to 0 - 1"
             )
-        # the styles active at each sampling step: ComfyUI's rule for a timestep range (ConditioningSetTimestepRange):
-        # active where percent_to_sigma(end) <= sigma <= percent_to_sigma(start)
         ms = self.model_patcher.get_model_object("model_sampling")
         bounds = {}
         for i in self.active:
             st = self.styles[i]
             bounds[i] = (float(ms.percent_to_sigma(st.start_percent)), float(ms.percent_to_sigma(st.end_percent)))
-        sigmas = self.inversion.sigmas.tolist()
-        self.step_styles: list[tuple[int, ...]] = [
-            tuple(i for i in self.active if bounds[i][1] <= sig <= bounds[i][0]) for sig in sigmas[:-1]
-        ]
-        self._phases: dict[tuple[int, ...], tuple] = {}
-        self.weights, self.bg_weight, _inside = self._phase(tuple(self.active))  # every style: feature fusion's
-        # the region whose latent the run returns as styled (exact background): the styles active at the last step
-        self.final_inside = self._phase(self.step_styles[-1] if self.step_styles else ())[2]
-
-    def _phase(self, styles: tuple[int, ...]):
-        """(fusion weights, background weight, inside) for the styles active together (painter's order)."""
-        if styles not in self._phases:
-            b, _c, h, w = self.inversion.content_latent.shape
-            masks = [self._masks_by_style[i] for i in styles]
-            if masks:
-                weights, bg = fusion_weights(masks)
-                inside = inside_region(masks)
-            else:
-                weights, bg = [], torch.ones(b, 1, h, w)
-                inside = torch.zeros(b, 1, h, w, dtype=torch.bool)
-            self._phases[styles] = (weights, bg, inside)
-        return self._phases[styles]
+        steps = step_styles(bounds, self.inversion.sigmas.tolist())
+        shape = (b, 1, h, w)
+        self.phases = StylePhases(dict(zip(self.active, masks)), steps, self.background == "exact", shape)
+        self.step_styles = steps
+        every = self.phases.phase(tuple(self.active))  # feature fusion: every style, one pair
+        self.weights, self.bg_weight = every.weights, every.content if every.base is None else every.base
+        # the region whose latent the run returns as styled (exact background): every style active at any step
+        self.final_inside = self.phases.final_inside()
 
     def _device_phase(self, step: int, x):
-        """``_phase`` of the styles active at sampling step ``step``, on ``x``'s device and dtype (kept per run)."""
-        styles = self.step_styles[step] if 0 <= step < len(self.step_styles) else tuple(self.active)
-        key = (styles, x.device, x.dtype)
+        """The phase of sampling step ``step`` on ``x``'s device and dtype (kept per run)."""
+        phase = self.phases.at(step)
+        key = (phase.styles, id(phase), x.device, x.dtype)
         if key not in self._dev_phases:
-            weights, bg, inside = self._phase(styles)
-            self._dev_phases[key] = (
-                styles,
-                [w.to(x.device, x.dtype) for w in weights],
-                bg.to(x.device, x.dtype),
-                inside.to(x.device),
-            )
+            self._dev_phases[key] = phase.to(x.device, x.dtype)
         return self._dev_phases[key]
 
     def _step_of(self, timestep) -> int:
@@ -161,20 +147,14 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         content = self.conds["content"][0]
         cond_obj = comfy.samplers.get_area_and_mult(content, x, timestep)
         # MODEL styles run in an extra UNet call of their own model each; the base call holds every other branch
-        loaded = patches.style_model_patchers(self.model_patcher)
-        self._model_styles = {}
-        for i in self.active:
-            if i in self.state.style_models:
-                if i not in loaded:
-                    raise RuntimeError(f"DiffStyler: style {i + 1}'s MODEL was not loaded with the sampler's model")
-                self._model_styles[i] = loaded[i]
-        branches = [i for i in self.active if i not in self._model_styles]
+        self._model_styles = ModelStyles(self.model_patcher, self.state, self.active)
+        branches = [i for i in self.active if i not in self._model_styles.patchers]
         base_branch = len(self.styles)
-        self._fused = self.state.settings.get("fusion") == "feature" and bool(self.active)
+        self._fused = self.state.settings.feature_fusion and bool(self.active)
         if self._fused:
             branches = [FUSED_BRANCH]
-        elif self.background == "model":
-            branches.append(base_branch)
+        elif self.background == "model" or self.phases.any_base():
+            branches.append(base_branch)  # the model background, or the regions of styles that have ended
         traj = inv.trajectory.to(x.device, x.dtype)
         self._traj = traj
 
@@ -194,22 +174,21 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             if self._uncond:
                 self._conds_list.append(self.conds["negative"])
                 roles.append((br, True))
-        self._check_areas(tuple(x.shape[-2:]))
-        style_windows = (float(s["feature_injection_end"]), float(s["qk_injection_end"]))
-        # released: the base branch injects ResBlock features and Q/K on every step; "style windows" is our option
-        base_windows = (1.0, 1.0) if s.get("base_injection", "all steps") == "all steps" else style_windows
-        per_style = s.get("content_rows", "per style") == "per style"
+        check_areas(self.original_conds, self.styles, tuple(x.shape[-2:]))
+        style_windows = s.style_windows
+        base_windows = s.base_windows  # released: every step for the base branch; "style windows" is our option
+        per_style = s.per_style_content
         lora_styles = self.state.lora_styles
         sources, windows = {}, {}
         for br in branches:
             if br == base_branch:
-                sources[br], windows[br] = patches.SHARED_SOURCE, base_windows
+                sources[br], windows[br] = Source.SHARED, base_windows
             elif br == FUSED_BRANCH:
-                sources[br], windows[br] = patches.SHARED_SOURCE, style_windows
+                sources[br], windows[br] = Source.SHARED, style_windows
             else:
-                sources[br] = br if (per_style and br in lora_styles) else patches.SHARED_SOURCE
+                sources[br] = br if (per_style and br in lora_styles) else Source.SHARED
                 windows[br] = style_windows
-        self._run = patches.RunPlan(
+        self._run = RunPlan(
             roles=roles,
             branch_source=sources,
             branch_windows=windows,
@@ -217,8 +196,8 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             sample_sigmas=inv.sigmas,
             content_latent_at=content_latent_at,
             content_conditioning=dict(cond_obj.conditioning),
-            qk_blend=s["qk_blend"],
-            lora_in_injected_attention=s["lora_in_injected_attention"],
+            qk_blend=s.qk_blend,
+            lora_in_injected_attention=s.lora_in_injected_attention,
             model_sampling=self.inner_model.model_sampling,
             feature_cache=inv.feature_cache if self.use_cache else None,
             source_cache=style_cache.run_cache(inv, self.model_patcher, self.state),
@@ -240,60 +219,18 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         self._run.latent_hw = tuple(x.shape[-2:])
         self._run.cond_batch_handler = self._cond_batch
         self.state.run = self._run
-        self._style_options = {}
-        for i, mp in self._model_styles.items():  # each MODEL style's call: its content row, its cond/uncond rows
-            mp.pre_run()  # as CFGGuider does for the sampled model (its BaseModel's current patcher); cleanup in sample
-            roles_i = [(i, False)] + ([(i, True)] if self._uncond else [])
-            self.state.style_models[i].run = patches.RunPlan(
-                roles=roles_i,
-                branch_source={i: patches.SHARED_SOURCE},  # that model's own content row (no LoRA on it)
-                branch_windows={i: style_windows},
-                lora_branch_to_style={},
-                sample_sigmas=inv.sigmas,
-                content_latent_at=content_latent_at,
-                content_conditioning=dict(cond_obj.conditioning),
-                qk_blend=s["qk_blend"],
-                lora_in_injected_attention=True,
-                model_sampling=mp.get_model_object("model_sampling"),
-                latent_hw=tuple(x.shape[-2:]),
-            )
+        self._model_styles.activate(
+            self._uncond, inv.sigmas, content_latent_at, dict(cond_obj.conditioning), tuple(x.shape[-2:])
+        )
         self._dev_phases = {}
         self._content_x0 = traj[-1]
-
-    def _check_areas(self, hw):
-        """Refuse prompts that cover part of the latent (an area, or a mask with its area set to the bounds):
-        ComfyUI runs them on a crop, where the content row and the injected features do not line up. Read from
-        the conditioning as given (ComfyUI copies every area into the other prompts when it prepares them)."""
-        names = [("positive", "positive"), ("negative", "negative")]
-        names += [(f"style_{i}", f"styles (style {i + 1}, {s.name}: its prompt)") for i, s in enumerate(self.styles)]
-        for key, name in names:
-            for c in self.original_conds.get(key) or ():
-                area = c.get("area")
-                if c.get("mask") is not None and c.get("set_area_to_bounds"):
-                    what = "a conditioning mask with its area set to the mask bounds"
-                elif area is not None and len(area) == 4 and area[0] != "percentage":
-                    height, width, y, x = (int(v) for v in area)
-                    if y <= 0 and x <= 0 and height >= hw[0] and width >= hw[1]:
-                        continue
-                    what = f"an area of {height}x{width} at ({y}, {x}) of the {hw[0]}x{hw[1]} latent"
-                elif area is not None:
-                    if tuple(float(v) for v in area[1:]) == (1.0, 1.0, 0.0, 0.0):
-                        continue
-                    what = f"an area of {tuple(area[1:])} (height, width, y, x as fractions)"
-                else:
-                    continue
-                raise ValueError(
-                    f"{name}: this conditioning covers part of the latent ({what}, from ConditioningSetArea or "
-                    "ConditioningSetMask). DiffStyler places each style by its mask: remove the area (or set the "
-                    "conditioning mask's area to 'default') and give the region as a style's mask"
-                )
 
     # ------------------------------------------------------------------ CFGGuider hooks
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
         if self._run is None:
             self._activate(x, timestep, model_options)
             self._check_replaces(model_options)
-        if not self._conds_list and not self._model_styles:  # nothing to stylize: the content itself
+        if not self._conds_list and not self._model_styles.patchers:  # nothing to stylize: the content itself
             return self._content_x0.expand_as(x).clone()
         # ComfyUI's own sampling function (its pre-CFG, CFG and post-CFG hooks included); every calc_cond_batch
         # call it or a hook makes reaches _cond_batch through the Injector's CALC_COND_BATCH wrapper
@@ -306,9 +243,8 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             return out[0], (out[1] if self._uncond else None)
         return self._fuse_branches(out, x, step, extra or {})
 
-    def _model_style_pair(self, i, mp, batch, conds, x, timestep, model_options):
-        """(cond, uncond) of MODEL style ``i``: one calc_cond_batch call of its own model (its content row added by
-        that model's DiffStyler wrapper), for the same cond/uncond pair of entries as the base call."""
+    def _model_style_pair(self, i, batch, conds, x, timestep, model_options):
+        """(cond, uncond) of MODEL style ``i`` for the same cond/uncond pair of entries as the base call."""
         positive = self.conds.get("positive")
         layout = []
         for uncond in (False, True) if self._uncond else (False,):
@@ -319,20 +255,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
                 layout.append(self.conds["negative"])
             else:
                 layout.append(self.conds[f"style_{i}"] if conds[j] is positive else conds[j])
-        options = self._style_options.get(i)
-        if options is None:  # as ComfyUI prepares the sampled model: its options, its wrappers and callbacks
-            options = comfy.model_patcher.create_model_options_clone(mp.model_options)
-            own = options.setdefault("transformer_options", {})
-            merge = comfy.patcher_extension.merge_nested_dicts
-            merge(own.setdefault("wrappers", {}), mp.wrappers, copy_dict1=False)
-            merge(own.setdefault("callbacks", {}), mp.callbacks, copy_dict1=False)
-            for key, value in model_options.get("transformer_options", {}).items():
-                if key not in own and key not in ("patches", "patches_replace", "wrappers", "callbacks"):
-                    # the run's values (sample_sigmas, ...), not the base model's patches
-                    own[key] = value
-            self._style_options[i] = options
-        out = comfy.samplers.calc_cond_batch(mp.model, layout, x, timestep, options)
-        return out[0], (out[1] if self._uncond else None)
+        return self._model_styles.pair(i, layout, x, timestep, model_options)
 
     def _cond_batch(self, executor, model, conds, x, timestep, model_options):
         """Every calc_cond_batch call of the run: the sampling function's ``[positive, negative]`` (``[positive,
@@ -343,8 +266,10 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         UNet batch (``self._conds_list``'s layout) per cond/uncond pair of entries."""
         positive, negative = self.conds.get("positive"), self.conds.get("negative")
         step = self._step_of(timestep)
-        live = set(self._device_phase(step, x)[0])  # the styles active at this step: no rows for the others
+        phase = self._device_phase(step, x)
+        live = set(phase.styles)  # the styles active at this step: no rows for the others
         base_branch = len(self.styles)
+        skip_base = phase.base is None  # the exact background where no style has ended: no base rows
         results = [torch.zeros_like(x) if entry is None else None for entry in conds]  # as calc_cond_batch does
         pending = [(i, entry is negative and self._uncond) for i, entry in enumerate(conds) if entry is not None]
         while pending:
@@ -358,7 +283,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             layout = []
             for p, (branch, uncond) in enumerate(self._run.roles):
                 i = batch.get(uncond)
-                if i is None or (branch < base_branch and branch not in live):
+                if i is None or (branch < base_branch and branch not in live) or (branch == base_branch and skip_base):
                     layout.append(None)
                 elif uncond or conds[i] is positive:
                     layout.append(self._conds_list[p])
@@ -369,9 +294,9 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             else:  # no branch of the base call active: no UNet call at all
                 out = [torch.zeros_like(x) for _entry in layout]
             extra = {}
-            for i, mp in self._model_styles.items():
+            for i in self._model_styles.patchers:
                 if i in live:
-                    extra[i] = self._model_style_pair(i, mp, batch, conds, x, timestep, model_options)
+                    extra[i] = self._model_style_pair(i, batch, conds, x, timestep, model_options)
             cond_f, uncond_f = self._fused_pair(out, x, step, extra)
             for uncond, i in batch.items():
                 results[i] = uncond_f if uncond else cond_f
@@ -379,7 +304,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
 
     def _check_replaces(self, model_options):
         """Warn once per run when a node patched after the Injector turned DiffStyler's attention off."""
-        lost = patches.overridden_replaces(self.state, model_options)
+        lost = overridden_replaces(self.state, model_options)
         if not lost:
             return
         what = {"attn1": "self-attention Q/K injection", "attn2": "feature-fusion cross-attention"}
@@ -404,21 +329,18 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             cond_preds[i] = c
             if self._uncond:
                 uncond_preds[i] = u
-        base_branch = len(self.styles)
-        if self.background == "model":
-            bg_c = cond_preds[base_branch]
-            bg_u = uncond_preds[base_branch] if self._uncond else None
-        else:
-            bg_c = bg_u = self._content_x0.expand_as(x)
-        styles, weights, bg_weight, _inside = self._device_phase(step, x)
-        cond_f = fuse([cond_preds[i] for i in styles], weights, bg_c, bg_weight)
-        uncond_f = None
-        if self._uncond:
-            uncond_f = fuse([uncond_preds[i] for i in styles], weights, bg_u, bg_weight)
+        phase = self._device_phase(step, x)
+        content = self._content_x0.expand_as(x)
+        base = len(self.styles)
+        cond_f = fuse_phase(phase, cond_preds, cond_preds.get(base), content)
+        uncond_f = fuse_phase(phase, uncond_preds, uncond_preds.get(base), content) if self._uncond else None
         return cond_f, uncond_f
 
     def diffstyler_initial_latent(self, x):
-        """The sampler starts exactly on x_T of the inversion (model space)."""
+        """The sampler starts exactly on x_T of the inversion (model space); a later slice of the schedule (a second
+        sampler after SplitSigmas) goes on from the latent it was given."""
+        if self._slice[0] > 0:
+            return x
         return self.inversion.trajectory[0].to(x.device, x.dtype)
 
     def diffstyler_final_sigma(self) -> float:
@@ -436,65 +358,33 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         if self.background != "exact":
             return x
         nxt = self.inversion.checked_index(sigma_next)
-        inside = self._device_phase(nxt - 1, x)[3]
-        return torch.where(inside, x, self._traj[nxt])
+        return torch.where(self._device_phase(nxt - 1, x).inside, x, self._traj[nxt])
 
     def sample(
         self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None
     ):
         inv = self.inversion
-        inversion_adapter.check_inversion(inv, self.model_patcher, sigmas.cpu(), inv.content_latent.shape)
+        self._slice = inversion_adapter.check_inversion(inv, self.model_patcher, sigmas.cpu(), inv.content_latent.shape)
         if latent_image is not None and tuple(latent_image.shape) != tuple(inv.content_latent.shape):
             raise ValueError(
                 f"latent_image: got shape {list(latent_image.shape)} but the inversion's content latent is "
                 f"{list(inv.content_latent.shape)}: connect the inverted latent of the same DDIM Inversion"
             )
-        x_t = self.model_patcher.model.process_latent_out(inv.trajectory[0].clone())
+        if self._slice[0] > 0:  # a later slice: from the latent the previous sampler left (SplitSigmas)
+            x_t = latent_image
+        else:
+            x_t = self.model_patcher.model.process_latent_out(inv.trajectory[0].clone())
         self._run = None
         try:
             out = super().sample(torch.zeros_like(x_t), x_t, sampler, sigmas, None, callback, disable_pbar, seed)
         finally:
             self.state.run = None
             self.state.call = None
-            for sub in self.state.style_models.values():
-                sub.run = None
-                sub.call = None
-            for mp in self._model_styles.values():
-                mp.cleanup()
-            self._model_styles = {}
+            if self._model_styles is not None:
+                self._model_styles.cleanup()
+            self._model_styles = None
             self._run = None
-        if self.background == "exact":
+        if self.background == "exact" and self._slice[1] == inv.steps:
             content = inv.content_latent.to(out.device, out.dtype)
             out = torch.where(self.final_inside.to(out.device), out, content)
         return out
-
-
-@torch.no_grad()
-def sample_diffstyler_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None):
-    """DDIM (eta 0) that honours a DiffStyler guider's exact start and background; plain DDIM otherwise."""
-    extra_args = {} if extra_args is None else extra_args
-    guider = getattr(model, "inner_model", None)
-    hooks = guider if hasattr(guider, "diffstyler_post_step") else None
-    if hooks is not None:
-        x = hooks.diffstyler_initial_latent(x)
-    s_in = x.new_ones([x.shape[0]])
-    values = sigmas.tolist()  # the step arithmetic and the background lookup in Python: no device sync per step
-    last = len(sigmas) - 2
-    for i in trange(len(sigmas) - 1, disable=disable):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        sigma, sigma_next = values[i], values[i + 1]
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        eps = (x - denoised) / sigma
-        final = hooks is not None and i == last and sigma_next == 0.0
-        x = ddim_step(x, eps, sigma, hooks.diffstyler_final_sigma() if final else sigma_next)
-        if hooks is not None:
-            x = hooks.diffstyler_post_step(x, sigma_next)
-        if final:
-            x = hooks.diffstyler_final(x, hooks.diffstyler_final_sigma())
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-    return x
-
-
-def ddim_sampler() -> comfy.samplers.KSAMPLER:
-    return comfy.samplers.KSAMPLER(sample_diffstyler_ddim)

@@ -8,7 +8,6 @@ wrappers and conds work as in core sampling.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import comfy.model_management
@@ -17,8 +16,10 @@ import comfy.utils
 import torch
 from tqdm.auto import trange
 
-from ..core.inversion import FeatureCache, InversionFingerprint, InversionResult, digest_sigmas
+from ..core.inversion import FeatureCache, InversionFingerprint, InversionResult, digest_sigmas, sigma_slice
 from ..core.schedule import GRIDS, ddim_step, inversion_grid
+from . import feature_cache
+from .fingerprint import model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -29,33 +30,6 @@ def sampling_sigmas(model, steps: int) -> torch.Tensor:
     """The descending ``ddim_uniform`` sigmas (``[steps+1]``, last 0) ComfyUI's "ddim" sampling uses."""
     ms = model.get_model_object("model_sampling")
     return comfy.samplers.calculate_sigmas(ms, SCHEDULER, steps).cpu().to(torch.float32)
-
-
-def model_fingerprint(model) -> str:
-    """Identify a MODEL (ModelPatcher) by its weights object, its weight patches and its sampling.
-
-    A ``clone()`` with only object patches or wrappers (what the Injector adds) keeps the
-    fingerprint; merging a LoRA or swapping the checkpoint changes it. The weights object is the
-    patcher's ``clone_base_uuid`` where the host has one (ComfyUI keeps it through every clone,
-    including the non-dynamic delegate ``CFGGuider.inner_set_conds`` swaps in for hooked
-    conditionings, which loads the checkpoint again into another BaseModel), else the BaseModel.
-    """
-    base = model.model
-    ms = model.get_model_object("model_sampling")
-    first = next(base.diffusion_model.parameters(), None)
-    probe = "" if first is None else f"{float(first.detach().flatten()[:64].float().sum()):.6e}"
-    weights = getattr(model, "clone_base_uuid", None)
-    text = "|".join(
-        [
-            str(weights) if weights is not None else f"{id(base):x}",
-            str(getattr(model, "patches_uuid", "")),
-            type(base).__name__,
-            type(ms).__name__,
-            f"{float(ms.sigma_max):.6g}",
-            probe,
-        ]
-    )
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def make_fingerprint(model, steps: int, latent_shape, sigmas: torch.Tensor) -> InversionFingerprint:
@@ -198,8 +172,6 @@ def invert(
     trajectory: list[torch.Tensor] = []
     cache, recorder, run_model = None, None, model
     if cache_dtype != "off":
-        from . import feature_cache
-
         if cache_dtype not in feature_cache.CACHE_DTYPES:
             raise ValueError(f"feature_cache: expected one of off, fp16, fp32, got {cache_dtype!r}")
         cache = FeatureCache(feature_cache.CACHE_DTYPES[cache_dtype], float(cache_feature_end), float(cache_qk_end))
@@ -254,10 +226,22 @@ def latent_out(model, model_space: torch.Tensor) -> torch.Tensor:
     return model.model.process_latent_out(model_space.clone())
 
 
-def check_inversion(inv: InversionResult, model, sigmas: torch.Tensor, latent_shape) -> None:
-    """Refuse to reuse ``inv`` with another model, schedule or latent shape (ValueError naming which)."""
-    steps = int(sigmas.shape[-1]) - 1
-    got = make_fingerprint(model, steps, latent_shape, sigmas)
-    reason = inv.fingerprint.mismatch(got)
+def check_inversion(inv: InversionResult, model, sigmas: torch.Tensor, latent_shape) -> tuple[int, int]:
+    """Refuse to reuse ``inv`` with another model, schedule or latent shape (ValueError naming which). ``sigmas``
+    may be any contiguous slice of the inversion's schedule (SplitSigmas: one run across two samplers); returns
+    ``(first, last)``, the slice's indices in the inversion's sigmas."""
+    try:
+        first, last = sigma_slice(inv.sigmas, sigmas)
+    except ValueError:
+        got = make_fingerprint(model, int(sigmas.shape[-1]) - 1, latent_shape, sigmas)
+        reason = inv.fingerprint.mismatch(got)
+        if reason is not None:  # a whole other schedule: say how it differs
+            raise ValueError(
+                f"inversion: {reason} (a part of the inversion's sigmas cut by SplitSigmas works too)"
+            ) from None
+        raise
+    full = inv.sigmas.to(sigmas.dtype)
+    reason = inv.fingerprint.mismatch(make_fingerprint(model, int(full.shape[-1]) - 1, latent_shape, full))
     if reason is not None:
         raise ValueError(f"inversion: {reason}")
+    return first, last

@@ -4,7 +4,7 @@ A branch's content row is the inverted latent at the sampling timestep, with the
 evaluated with that branch's LoRA (or with none: the base branch, or the shared content row). What it feeds the
 branch rows (the injected ResBlock residual and the decoder self-attention Q/K) therefore depends only on the
 inversion, that LoRA and its strength, the sampling model and the patches on it: not on prompts, masks or cfg.
-The APPLY_MODEL wrapper (``patches.make_apply_model_wrapper``) records those features per *source* the first time a
+The APPLY_MODEL wrapper (``injector/wrapper.py``) records those features per *source* the first time a
 content row runs at a step and, when a later call (a re-run that changed only prompts, masks or cfg, or another
 call of the same step) needs that source at that step again, injects them from here instead of running the row.
 
@@ -23,6 +23,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
+
+from ..core.rows import Source
+from ..core.schedule import in_window
+from .fingerprint import model_fingerprint
+from .injector.state import WRAPPER_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -245,9 +250,15 @@ def object_refs(model_patcher, state) -> tuple:
 
 
 def call_refs(transformer_options: dict, state) -> tuple:
-    """The patches of this UNet call that could change a content row: every ``transformer_options['patches']``
-    function and every attention replace that is not this Injector's (those ours chain to included)."""
+    """What of this UNet call could change a content row: every ``transformer_options['patches']`` function, every
+    attention replace that is not this Injector's (those ours chain to included), and every wrapper and callback
+    of other nodes (held by identity: another pack that swaps its wrapper between two runs makes a new key)."""
     refs = []
+    for kind in ("wrappers", "callbacks"):
+        for where, by_key in (transformer_options.get(kind) or {}).items():
+            for key, fns in (by_key or {}).items():
+                if key != WRAPPER_KEY:
+                    refs += [(kind, f"{where}:{key}", i, Same(fn)) for i, fn in enumerate(fns)]
     for name, fns in (transformer_options.get("patches") or {}).items():
         refs += [("patch", str(name), i, Same(fn)) for i, fn in enumerate(fns)]
     for kind, table in (transformer_options.get("patches_replace") or {}).items():
@@ -265,14 +276,12 @@ class RunCache:
     ``lora_in_injected_attention``, the sampling model's fingerprint and dtype, device, the patches above)."""
 
     def __init__(self, cache: ContentCache, model_patcher, state):
-        from .inversion import model_fingerprint
-
         self.cache = cache
         self.state = state
         base = model_patcher.model
         self.base = (
             model_fingerprint(model_patcher),
-            bool(state.settings.get("lora_in_injected_attention", True)),
+            state.settings.lora_in_injected_attention,
             str(base.get_dtype()),
             str(getattr(base, "manual_cast_dtype", None)),
             object_refs(model_patcher, state),
@@ -283,17 +292,13 @@ class RunCache:
         self.refused: set = set()  # keys that found the cache full in this run
 
     def key(self, source: int, x: torch.Tensor, refs: tuple) -> tuple:
-        from .patches import SHARED_SOURCE
-
-        digest = NO_LORA if source == SHARED_SOURCE else lora_digest(self.state, source)
+        digest = NO_LORA if source == Source.SHARED else lora_digest(self.state, source)
         key = (digest, *self.base, str(x.device), str(x.dtype), refs)
         self.in_use.add(key)
         return key
 
     def expect(self, source: int, run) -> tuple[int, int]:
         """(ResBlock steps, Q/K steps) at which ``run``'s windows need ``source``'s content features."""
-        from ..core.schedule import in_window
-
         if source not in self._expect:
             steps = int(run.sample_sigmas.shape[0]) - 1
             wins = [w for br, w in run.branch_windows.items() if run.branch_source.get(br) == source]
@@ -303,11 +308,9 @@ class RunCache:
         return self._expect[source]
 
     def label(self, source: int) -> str:
-        from .patches import SHARED_SOURCE
-
         if source not in self._labels:
             styles = self.state.styles or []
-            if source == SHARED_SOURCE or lora_digest(self.state, source) == NO_LORA:
+            if source == Source.SHARED or lora_digest(self.state, source) == NO_LORA:
                 self._labels[source] = "the LoRA-free content row"
             else:
                 name = styles[source].name if source < len(styles) else "?"
@@ -320,6 +323,6 @@ def run_cache(inversion, model_patcher, state) -> RunCache | None:
     inversion made outside the node) or the run uses an option it does not serve (feature fusion, the feature
     cache recorded at inversion)."""
     cache = getattr(inversion, "source_cache", None)
-    if cache is None or state.settings.get("fusion") == "feature" or inversion.feature_cache is not None:
+    if cache is None or state.settings.feature_fusion or inversion.feature_cache is not None:
         return None
     return RunCache(cache, model_patcher, state)

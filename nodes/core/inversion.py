@@ -43,6 +43,26 @@ class InversionFingerprint:
         return None
 
 
+def sigma_slice(schedule: torch.Tensor, sigmas: torch.Tensor, rtol: float = 1e-4) -> tuple[int, int]:
+    """``(first, last)``: ``sigmas`` is ``schedule[first : last + 1]`` (a contiguous slice of the inversion's sigmas,
+    as SplitSigmas / SplitSigmasDenoise make, equal up to ``rtol``); ValueError naming the fix otherwise."""
+    full = [float(v) for v in schedule.flatten().tolist()]
+    part = [float(v) for v in sigmas.flatten().tolist()]
+    first = find_sigma_index(schedule, part[0]) if part else -1
+    last = first + len(part) - 1
+    ok = first >= 0 and last < len(full)
+    ok = ok and all(abs(a - b) <= rtol * max(abs(b), 1e-6) + 1e-8 for a, b in zip(part, full[first : last + 1]))
+    if not ok or len(part) < 2:
+        head = ", ".join(f"{v:.4g}" for v in part[:4])
+        raise ValueError(
+            f"sigmas: the sampler's sigmas ({len(part)} values: {head}{', ...' if len(part) > 4 else ''}) are not "
+            f"a slice of the inversion's schedule ({len(full) - 1} ddim_uniform steps): sample with the inversion's "
+            "sigmas, or with a part of them cut by SplitSigmas / SplitSigmasDenoise (connect DiffStyler Inversion "
+            "Sigmas to the split node)"
+        )
+    return first, last
+
+
 def digest_sigmas(sigmas: torch.Tensor) -> str:
     """A short, stable text digest of a sigma schedule (rounded to 6 significant digits)."""
     return ",".join(f"{s:.6g}" for s in sigmas.detach().cpu().flatten().tolist())

@@ -20,20 +20,13 @@ FEAT, QK = 0.6, 0.5  # the released windows: ResBlock on steps 0-5 of 10, Q/K on
 @pytest.fixture(scope="module")
 def mods(pack):
     from comfyui_diffstyler.nodes import inject, invert, sample, style
-    from comfyui_diffstyler.nodes.adapters import patches, style_cache
+    from comfyui_diffstyler.nodes.adapters import style_cache
 
     class M:
         pass
 
     m = M()
-    m.invert, m.inject, m.sample, m.style, m.patches, m.style_cache = (
-        invert,
-        inject,
-        sample,
-        style,
-        patches,
-        style_cache,
-    )
+    m.invert, m.inject, m.sample, m.style, m.style_cache = invert, inject, sample, style, style_cache
     return m
 
 
@@ -91,21 +84,27 @@ def styles_of(mods, items):
     return styles
 
 
+_ROWS: list[int] = []
+
+
+def _count_rows(executor, x, *args, **kwargs):
+    """One function for every run: its identity is part of the content cache's key, so it must not change."""
+    _ROWS.append(int(x.shape[0]))
+    return executor(x, *args, **kwargs)
+
+
 class Rows:
     """Counts the rows of every UNet call of a MODEL (a DIFFUSION_MODEL wrapper, as test_core does)."""
 
     def __init__(self, model):
         import comfy.patcher_extension
 
-        self.calls = []
-        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test-rows", self.wrapper)
-
-    def wrapper(self, executor, x, *args, **kwargs):
-        self.calls.append(int(x.shape[0]))
-        return executor(x, *args, **kwargs)
+        _ROWS.clear()
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test-rows", _count_rows)
 
     def take(self):
-        out, self.calls = self.calls, []
+        out = list(_ROWS)
+        _ROWS.clear()
         return out
 
 
@@ -327,3 +326,30 @@ def test_graph_rerun_with_another_prompt_runs_two_rows_per_style(tiny, run_graph
     same, diff, rel = compare(a, b)
     print(f"\ngraph re-run with the content cache vs cache off: torch.equal {same}, max |diff| {diff:.3e}")
     assert rel <= 1e-6
+
+
+def test_another_packs_new_wrapper_is_not_served_stale_features(tiny, mods, latent, prompts, loras):
+    """Only another pack's wrapper changes between two runs (a DIFFUSION_MODEL wrapper that scales the UNet input,
+    so the content rows compute other features): the second run runs its content rows again and equals a run on an
+    inversion without a cache."""
+    import comfy.patcher_extension
+
+    def with_wrapper(factor):
+        def other_pack(executor, x, *args, **kwargs):
+            return executor(x * factor, *args, **kwargs)
+
+        model = tiny.model.clone()
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "other-pack", other_pack)
+        return model
+
+    inv = invert(mods, tiny, latent, prompts)
+    styles = styles_of(mods, first_run(1, loras, prompts))
+    sample(mods, tiny, inv, styles, prompts, model=with_wrapper(1.02))
+    second, rows = sample(mods, tiny, inv, styles, prompts, model=with_wrapper(0.98))
+    uncached, _ = sample(
+        mods, tiny, invert(mods, tiny, latent, prompts, cache_mb=0), styles, prompts, model=with_wrapper(0.98)
+    )
+    same, diff, rel = compare(second, uncached)
+    print(f"\nanother pack's wrapper changed: vs the uncached run max |diff| {diff:.2e} (relative {rel:.2e})")
+    assert rows == windows_rows(1), "the content rows run again"
+    assert same, f"stale features: relative {rel:.2e}"

@@ -22,7 +22,7 @@ def timed_styles(mods, items):
 def record_calls(mods, patched):
     """Per UNet call: (sampling step, rows, the styles whose LoRA rows it carries)."""
     calls = []
-    state = mods.patches.state_of(patched)
+    state = mods.install.state_of(patched)
 
     def wrapper(executor, x, t, *args, **kwargs):
         sig = state.run.sample_sigmas
@@ -118,22 +118,21 @@ def test_rows_run_only_on_the_style_range_and_hand_over(tiny, mods, inverted, pr
     sample(mods, p_half, inverted, prompts, half)
     sample(mods, p_full, inverted, prompts, full)
     n_half = len(active_steps(tiny, 0.0, 0.5, inverted.sigmas))
-    assert [s for s, _r, _l in c_half] == list(range(n_half)), "no UNet call while no style is active (exact)"
+    style_rows = sum(r for _s, r, loras in c_half if loras)
     rows_half, rows_full = sum(r for _s, r, _l in c_half), sum(r for _s, r, _l in c_full)
-    print(f"\nrows per step: style on 0-0.5 {rows_half / STEPS:.1f}, on 0-1 {rows_full / STEPS:.1f}")
-    assert rows_half == 3 * n_half and rows_full == 3 * res_steps + 2 * (STEPS - res_steps)
+    print(
+        f"\nrows per step: style on 0-0.5 {style_rows / STEPS:.1f} (+ the base branch after it ends: "
+        f"{(rows_half - style_rows) / STEPS:.1f}), on 0-1 {rows_full / STEPS:.1f}"
+    )
+    assert style_rows == 3 * n_half and rows_full == 3 * res_steps + 2 * (STEPS - res_steps)
 
 
-def test_where_no_style_is_active_the_background_rule_applies(tiny, mods, inverted, prompts):
-    """background = exact: a region whose style has ended follows the inversion again, so a style that ends early
-    and hands over to no one leaves the content latent there, bit for bit; background = model: the base branch
-    denoises it on from where the style left it."""
+def test_with_the_model_background_an_ended_style_is_denoised_on_by_the_base_branch(tiny, mods, inverted, prompts):
+    """background = model: the base branch denoises an ended style's region on from where the style left it (the
+    exact background's rule for ended styles: tests/comfy/test_ended_styles_and_split_runs.py)."""
     lora = dst_core.random_lora(tiny.model, seed=46)
     early = timed_styles(mods, [(lora, prompts["style"], half_mask(left=True), 0.0, 0.5)])
-    patched = inject(mods, tiny.model, early, 0.6, 0.5)
-    exact = sample(mods, patched, inverted, prompts, early, "exact")
-    assert torch.equal(exact, inverted.content_latent)
-    model_bg = sample(mods, patched, inverted, prompts, early, "model")
+    model_bg = sample(mods, inject(mods, tiny.model, early, 0.6, 0.5), inverted, prompts, early, "model")
     whole = timed_styles(mods, [(lora, prompts["style"], half_mask(left=True), 0.0, 1.0)])
     model_whole = sample(mods, inject(mods, tiny.model, whole, 0.6, 0.5), inverted, prompts, whole, "model")
     assert not torch.equal(model_bg, model_whole)
@@ -196,7 +195,7 @@ def test_a_model_style_runs_one_extra_call_per_step_on_its_range(tiny, mods, inv
     styles = model_style(mods, model_with_lora(tiny, 49), prompts["style2"], half_mask(left=False), styles, 0.0, 0.5)
     patched = inject(mods, tiny.model, styles, 0.6, 0.5, lora_in_attn=False)
     base_calls = record_calls(mods, patched)
-    (style_model,) = patched.get_additional_models_with_key(mods.patches.STYLE_MODELS_KEY)
+    (style_model,) = patched.get_additional_models_with_key(mods.install.STYLE_MODELS_KEY)
     other = []
     style_model.add_wrapper_with_key(
         comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
@@ -206,7 +205,11 @@ def test_a_model_style_runs_one_extra_call_per_step_on_its_range(tiny, mods, inv
     out = sample(mods, patched, inverted, prompts, styles)
     res_steps = round(0.6 * STEPS)
     n_active = len(active_steps(tiny, 0.0, 0.5, inverted.sigmas))
-    assert [r for _s, r, _l in base_calls] == [3] * res_steps + [2] * (STEPS - res_steps)
+    # the LoRA style's rows, and after the MODEL style ends the base branch's (its content row, cond, uncond) for
+    # the MODEL style's region
+    style_rows = [3 if step < res_steps else 2 for step in range(STEPS)]
+    n_model = len(active_steps(tiny, 0.0, 0.5, inverted.sigmas))
+    assert [r for _s, r, _l in base_calls] == [r + (3 if s >= n_model else 0) for s, r in enumerate(style_rows)]
     assert other == [3] * n_active, "the MODEL style's own call: content row + cond + uncond on its steps only"
     print(f"\nMODEL style on 0-0.5: {sum(other) / STEPS:.1f} extra rows per step in a call of its own")
     assert not torch.equal(out, inverted.content_latent)

@@ -15,13 +15,16 @@ STEPS = 10  # the sampling steps of the shared inversion (test_core.STEPS)
 @pytest.fixture(scope="module")
 def mods(pack):
     from comfyui_diffstyler.nodes import inject, sample, style
-    from comfyui_diffstyler.nodes.adapters import inversion, patches
+    from comfyui_diffstyler.nodes.adapters import inversion
+    from comfyui_diffstyler.nodes.adapters.injector import install, layers
+    from comfyui_diffstyler.nodes.core import rows
 
     class M:
         pass
 
     m = M()
-    m.inv, m.patches, m.style, m.inject, m.sample = inversion, patches, style, inject, sample
+    m.inv, m.style, m.inject, m.sample = inversion, style, inject, sample
+    m.install, m.layers, m.rows = install, layers, rows
     return m
 
 
