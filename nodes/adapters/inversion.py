@@ -232,14 +232,9 @@ def check_inversion(inv: InversionResult, model, sigmas: torch.Tensor, latent_sh
     ``(first, last)``, the slice's indices in the inversion's sigmas."""
     try:
         first, last = sigma_slice(inv.sigmas, sigmas)
-    except ValueError:
-        got = make_fingerprint(model, int(sigmas.shape[-1]) - 1, latent_shape, sigmas)
-        reason = inv.fingerprint.mismatch(got)
-        if reason is not None:  # a whole other schedule: say how it differs
-            raise ValueError(
-                f"inversion: {reason} (a part of the inversion's sigmas cut by SplitSigmas works too)"
-            ) from None
-        raise
+    except ValueError as e:  # say also how a whole other schedule differs
+        reason = inv.fingerprint.mismatch(make_fingerprint(model, int(sigmas.shape[-1]) - 1, latent_shape, sigmas))
+        raise ValueError(f"{e}" + (f"; {reason}" if reason else "")) from None
     full = inv.sigmas.to(sigmas.dtype)
     reason = inv.fingerprint.mismatch(make_fingerprint(model, int(full.shape[-1]) - 1, latent_shape, full))
     if reason is not None:

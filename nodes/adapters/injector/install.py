@@ -13,10 +13,9 @@ import comfy.patcher_extension
 import torch
 
 from ...core.lora import LayerDelta
-from .. import dynamic_vram, feature_fusion
+from .. import dynamic_vram
 from . import arch
-from .attention import make_qk_replace, replace_block
-from .layers import InjectedResidualMixin, RowLoRAMixin, swapped_copy
+from .layers import RowLoRAMixin, install_view
 from .state import WRAPPER_KEY, InjectorSettings, PatchState
 from .wrapper import make_apply_model_wrapper, make_calc_cond_batch_wrapper
 
@@ -24,14 +23,6 @@ logger = logging.getLogger(__name__)
 
 ATTACHMENT = "diffstyler"
 STYLE_MODELS_KEY = "diffstyler_style_models"
-
-
-def _view(patched, state: PatchState, path: str, mixin: type, **attrs) -> None:
-    """Put a ``mixin`` view of the module at ``path`` (or of the object patch already there) on ``patched``."""
-    current = patched.get_model_object(path)
-    if path in patched.object_patches and getattr(type(current), "_ds_state", None) is not state:
-        state.wrapped_patches[path] = current  # another node's object patch: our view wraps it
-    patched.add_object_patch(path, swapped_copy(current, mixin, _ds_state=state, **attrs))
 
 
 def install(
@@ -48,9 +39,7 @@ def install(
     state.lora_styles = {s for s, deltas in enumerate(styles_deltas) if deltas}
     state.style_deltas = list(styles_deltas)
     modules = dict(patched.model.named_modules())
-    attn1 = family.attention_modules(patched, "attn1")
-    injected_ids = {id(attn1[slot]) for slot in family.qk_slots(patched)}
-    injected_attn = [path for path, m in modules.items() if id(m) in injected_ids]
+    injected_attn = family.injected_attention_paths(patched)
 
     per_module: dict[str, dict[int, LayerDelta]] = {}
     for s, deltas in enumerate(styles_deltas):
@@ -62,7 +51,7 @@ def install(
         if m is None or not isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
             logger.warning("DiffStyler: LoRA target %s is not a Linear/Conv2d layer of this model; skipped", path)
             continue
-        _view(
+        install_view(
             patched,
             state,
             path,
@@ -78,24 +67,7 @@ def install(
         state.deltas_bytes / 2**20,
     )
 
-    residual = family.residual_path(patched)
-    _view(patched, state, residual, InjectedResidualMixin)  # after the LoRA views: it wraps one on that layer
-    logger.info("DiffStyler: ResBlock feature injection at %s (its residual, %s)", family.resblock, residual)
-
-    state.replace_slots = [("attn1", slot) for slot in family.qk_slots(patched)]
-    for name, bid in family.qk_block_keys():
-        for key in replace_block(patched, "attn1", name, bid, lambda previous: make_qk_replace(state, previous)):
-            logger.info("DiffStyler: chained Q/K injection onto an existing attn1 replace at %s", key)
-    logger.info("DiffStyler: Q/K injection on decoder blocks %s", list(family.qk_blocks))
-
-    if settings.feature_fusion:
-        attn2 = family.attention_modules(patched, "attn2")
-        state.replace_slots += [("attn2", slot) for slot in sorted(attn2)]
-        for name, bid in sorted({(n, b) for n, b, _t in attn2}):
-            replace_block(
-                patched, "attn2", name, bid, lambda previous: feature_fusion.make_attn2_replace(state, attn2, previous)
-            )
-        logger.info("DiffStyler: feature-fusion cross-attention on %d transformer blocks", len(attn2))
+    family.install_injection(patched, state)  # after the LoRA views: its residual view may wrap one
 
     patched.add_wrapper_with_key(
         comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, make_apply_model_wrapper(state)

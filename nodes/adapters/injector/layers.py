@@ -30,6 +30,14 @@ def swapped_copy(module: torch.nn.Module, mixin: type, **class_attrs) -> torch.n
     return new
 
 
+def install_view(patched, state: PatchState, path: str, mixin: type, **attrs) -> None:
+    """Put a ``mixin`` view of the module at ``path`` (or of the object patch already there) on ``patched``."""
+    current = patched.get_model_object(path)
+    if path in patched.object_patches and getattr(type(current), "_ds_state", None) is not state:
+        state.wrapped_patches[path] = current  # another node's object patch: our view wraps it
+    patched.add_object_patch(path, swapped_copy(current, mixin, _ds_state=state, **attrs))
+
+
 class RowLoRAMixin:
     """Adds each style's LoRA delta on that style's rows only (Linear or Conv2d)."""
 
