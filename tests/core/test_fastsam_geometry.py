@@ -57,3 +57,40 @@ def test_resize_image_shrinks_by_area_and_keeps_the_range():
     assert torch.allclose(small[0, 0], image[:4, :4].mean(dim=(0, 1)), atol=1e-6)
     assert fastsam_geometry.resize_image(image, 64, 96) is image
     assert float(fastsam_geometry.resize_image(image, 128, 192).max()) <= 1.0
+
+
+@pytest.mark.parametrize(
+    "grid, image, window",
+    [
+        ((96, 128), (64, 96), (5, 91, 0, 128)),  # the test pictures at imgsz 128: bars above and below
+        ((128, 96), (96, 64), (0, 128, 5, 91)),  # portrait: bars left and right
+        ((1024, 1024), (1024, 1024), (0, 1024, 0, 1024)),  # no padding
+        ((96, 128), (256, 384), (5, 91, 0, 128)),  # a large picture shrinks into the same window
+    ],
+)
+def test_letterbox_window_is_the_picture_inside_the_padding(grid, image, window):
+    top, bottom, left, right = fastsam_geometry.letterbox_window(grid, image)
+    assert (top, bottom, left, right) == window
+    (gh, gw), (h, w) = grid, image
+    assert abs((bottom - top) / (right - left) - h / w) < 2 / min(gh, gw)  # the picture's aspect ratio
+    assert abs(top - (gh - bottom)) <= 1 and abs(left - (gw - right)) <= 1  # centred
+
+
+def test_detection_grid_crops_the_window_resizes_down_and_drops_empty_masks():
+    data = torch.zeros(3, 96, 128, dtype=torch.uint8)  # ultralytics' 0/1 masks on the letterboxed grid
+    data[0, 5:91] = 1  # the whole picture
+    data[1, 0:5] = 1  # only in the padding bar above the picture
+    data[2, 5:48, 0:64] = 1  # the picture's top-left quarter
+    small = fastsam_geometry.detection_grid(data, 64, 96)  # the window (86x128) is larger: resized to the image
+    assert small.dtype == torch.bool and small.shape == (2, 64, 96)
+    assert bool(small[0].all())
+    quarter = torch.zeros(64, 96, dtype=torch.bool)
+    quarter[:32, :48] = True
+    assert int((small[1] ^ quarter).sum()) <= 64 + 48  # one row/column of rounding at the edge, no more
+    large = fastsam_geometry.detection_grid(data, 256, 384)  # the window is smaller: kept at grid resolution
+    assert large.dtype == torch.bool and large.shape == (2, 86, 128)
+    assert torch.equal(large, data[[0, 2], 5:91].bool())
+    same = fastsam_geometry.detection_grid(data[[0, 2], 5:91], 86, 128)  # no padding: nothing cropped or dropped
+    assert torch.equal(same, large)
+    floats = fastsam_geometry.detection_grid(data.float() * 0.9, 256, 384)  # float masks: > 0.5
+    assert torch.equal(floats, large)
