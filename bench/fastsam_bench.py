@@ -3,7 +3,7 @@
 Measured side by side in one run, on one predictor:
 
 - ``ultralytics``: the bare ultralytics FastSAM predictor call on a BGR uint8 array (the floor);
-- ``detect``: the pack's ``adapters.fastsam.detect`` (tensor -> array conversion, masks to bool on the CPU);
+- ``detect``: the pack's ``adapters.fastsam_model.detect`` (tensor -> array conversion, masks to bool on the CPU);
 - ``node``: the whole FastSAM Mask node (``segment`` with device placement, selection, preview, UI images).
 
 A random YOLOv8s-seg detects nothing, which would leave out the per-detection mask work. The ``dense``
@@ -74,19 +74,20 @@ def main() -> None:
         import torch
         import ultralytics
         from comfyui_diffstyler.nodes import segment
-        from comfyui_diffstyler.nodes.adapters import fastsam
-        from comfyui_diffstyler.nodes.core import prompts
+        from comfyui_diffstyler.nodes.adapters import fastsam_model as fastsam
+        from comfyui_diffstyler.nodes.core.fastsam_images import to_uint8
+        from comfyui_diffstyler.nodes.core.fastsam_prompts import MaskRequest
 
         fastsam.import_ultralytics()
         ff.save_fastsam(tmp_path / "fastsam" / "random.pt", seed=0, class_bias=None)
         ff.save_fastsam(tmp_path / "fastsam" / "dense.pt", seed=0, class_bias=2.0)
         image = ff.scene_tensor(1, args.size, args.size)
-        bgr = np.ascontiguousarray(prompts.to_uint8(image[0])[..., ::-1])
+        bgr = np.ascontiguousarray(to_uint8(image[0])[..., ::-1])
         device = comfy.model_management.get_torch_device()
         rows = []
         for label, name in (("random", "random.pt"), ("dense", "dense.pt")):
             model = fastsam.load_model(name)
-            request = prompts.MaskRequest(imgsz=args.imgsz)
+            request = MaskRequest(imgsz=args.imgsz)
             with fastsam.on_compute_device(model):
                 n = int(fastsam.detect(model, image[0], args.imgsz, 0.4, 0.9).shape[0])
 

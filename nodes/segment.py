@@ -14,7 +14,8 @@ import folder_paths
 
 from ._api import io, ui
 from .adapters import fastsam as fastsam_adapter
-from .core import prompts
+from .adapters import fastsam_clip, fastsam_model
+from .core import fastsam_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +30,13 @@ def register_model_folders() -> None:
     (ComfyUI reads it before custom nodes load) come first and the default stays searched. The extension set is
     replaced, never mutated: folders may share ComfyUI's ``supported_pt_extensions``.
     """
-    for name in (fastsam_adapter.FOLDER, fastsam_adapter.CLIP_FOLDER):
+    for name in (fastsam_model.FOLDER, fastsam_clip.CLIP_FOLDER):
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))  # no-op if listed
-    paths, exts = folder_paths.folder_names_and_paths[fastsam_adapter.FOLDER]
-    wanted = set(exts or ()) | set(fastsam_adapter.EXTENSIONS)
+    paths, exts = folder_paths.folder_names_and_paths[fastsam_model.FOLDER]
+    wanted = set(exts or ()) | set(fastsam_model.EXTENSIONS)
     if set(exts or ()) != wanted:
-        folder_paths.folder_names_and_paths[fastsam_adapter.FOLDER] = (paths, wanted)
-        folder_paths.filename_list_cache.pop(fastsam_adapter.FOLDER, None)
+        folder_paths.folder_names_and_paths[fastsam_model.FOLDER] = (paths, wanted)
+        folder_paths.filename_list_cache.pop(fastsam_model.FOLDER, None)
 
 
 register_model_folders()
@@ -55,7 +56,7 @@ class DiffStylerFastSAMLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "model_name",
-                    options=folder_paths.get_filename_list(fastsam_adapter.FOLDER),
+                    options=folder_paths.get_filename_list(fastsam_model.FOLDER),
                     tooltip="A weights file in ComfyUI/models/fastsam (.pt, or a .safetensors state dict).",
                 ),
             ],
@@ -70,12 +71,12 @@ class DiffStylerFastSAMLoader(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, model_name: str):
-        path = folder_paths.get_full_path(fastsam_adapter.FOLDER, model_name) if isinstance(model_name, str) else None
+        path = folder_paths.get_full_path(fastsam_model.FOLDER, model_name) if isinstance(model_name, str) else None
         return (model_name, os.path.getmtime(path)) if path and os.path.isfile(path) else model_name
 
     @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:
-        return io.NodeOutput(fastsam_adapter.load_model(model_name))
+        return io.NodeOutput(fastsam_model.load_model(model_name))
 
 
 class DiffStylerFastSAMMask(io.ComfyNode):
@@ -96,7 +97,7 @@ class DiffStylerFastSAMMask(io.ComfyNode):
                 FASTSAM.Input("fastsam", tooltip="From FastSAM Model Loader (DiffStyler)."),
                 io.Combo.Input(
                     "mode",
-                    options=list(prompts.MODES),
+                    options=list(fastsam_prompts.MODES),
                     default="everything",
                     tooltip="everything: all objects; points/boxes: objects under the prompts; text: CLIP ranking.",
                 ),
@@ -106,14 +107,17 @@ class DiffStylerFastSAMMask(io.ComfyNode):
                     default="",
                     tooltip=(
                         'Mode points: JSON list of {"x", "y", "label"} in image pixels, label 1 positive, 0 '
-                        "negative (no label = positive), e.g. " + prompts.POINTS_EXAMPLE
+                        "negative (no label = positive), e.g. " + fastsam_prompts.POINTS_EXAMPLE
                     ),
                 ),
                 io.String.Input(
                     "boxes",
                     multiline=True,
                     default="",
-                    tooltip="Mode boxes: JSON list of [x0, y0, x1, y1] in image pixels, e.g. " + prompts.BOXES_EXAMPLE,
+                    tooltip=(
+                        "Mode boxes: JSON list of [x0, y0, x1, y1] in image pixels, e.g. "
+                        + fastsam_prompts.BOXES_EXAMPLE
+                    ),
                 ),
                 io.String.Input(
                     "text",
@@ -147,7 +151,7 @@ class DiffStylerFastSAMMask(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "combine",
-                    options=list(prompts.COMBINES),
+                    options=list(fastsam_prompts.COMBINES),
                     default="union",
                     tooltip="How selected objects become one mask: union of all, the largest, or the one at 'index'.",
                 ),
@@ -160,7 +164,7 @@ class DiffStylerFastSAMMask(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "clip_folder",
-                    options=["none", *fastsam_adapter.list_clip_folders()],
+                    options=["none", *fastsam_clip.list_clip_folders()],
                     default="none",
                     optional=True,
                     tooltip="Mode text: a Hugging Face CLIP folder in ComfyUI/models/diffstyler_clip (loaded offline).",
@@ -181,13 +185,13 @@ class DiffStylerFastSAMMask(io.ComfyNode):
         # Listing an input here skips ComfyUI's own range check for it, so imgsz is checked in full.
         try:
             if isinstance(points, str):
-                prompts.parse_points(points)
+                fastsam_prompts.parse_points(points)
             if isinstance(boxes, str):
-                prompts.parse_boxes(boxes)
+                fastsam_prompts.parse_boxes(boxes)
             if imgsz is not None:
                 if not 32 <= int(imgsz) <= 4096:
                     return f"imgsz: expected 32..4096, got {imgsz}"
-                prompts.check_imgsz(imgsz)
+                fastsam_prompts.check_imgsz(imgsz)
         except ValueError as e:
             return str(e)
         return True
@@ -208,19 +212,15 @@ class DiffStylerFastSAMMask(io.ComfyNode):
         index: int,
         clip_folder: str = "none",
     ) -> io.NodeOutput:
-        request = prompts.build_request(mode, points, boxes, text, combine, index, imgsz, conf, iou)
-        rgb = prompts.to_rgb(image)
-        prompts.check_prompts_inside(request, rgb.shape[1], rgb.shape[2])
-        clip = fastsam_adapter.load_clip(clip_folder) if mode == "text" else None
-        mask = fastsam_adapter.segment(fastsam, rgb, request, clip=clip)
-        preview = prompts.draw_preview(rgb, mask, request.points, request.boxes)
+        request = fastsam_prompts.build_request(mode, points, boxes, text, combine, index, imgsz, conf, iou)
+        out = fastsam_adapter.mask_and_preview(fastsam, image, request, clip_folder)
         # Not under "images" for one image: the frontend would draw it as the node's image preview below the
         # editor canvas, which already shows it. A batch keeps that preview too: the editor shows its first image.
-        previews = ui.PreviewImage(preview, cls=cls).values
-        refs = {"diffstyler_preview": previews, "diffstyler_source": ui.PreviewImage(rgb, cls=cls).values}
+        previews = ui.PreviewImage(out.preview, cls=cls).values
+        refs = {"diffstyler_preview": previews, "diffstyler_source": ui.PreviewImage(out.rgb, cls=cls).values}
         if len(previews) > 1:
             refs["images"] = previews
-        return io.NodeOutput(mask, preview, ui=refs)
+        return io.NodeOutput(out.mask, out.preview, ui=refs)
 
 
 NODES = [DiffStylerFastSAMLoader, DiffStylerFastSAMMask]

@@ -321,7 +321,7 @@ def shrunk_size(w: int, h: int, max_size: int | None) -> tuple[int, int]:
 def scaled_prompt(kind: str, text: str, scale: float, size: tuple[int, int], where: str) -> str:
     """Check point/box JSON against the original image size and rescale it to the shrunk image."""
     load_package(PACK_NAME, REPO / "__init__.py")  # its core modules need no ComfyUI
-    from comfyui_diffstyler.nodes.core import prompts
+    from comfyui_diffstyler.nodes.core import fastsam_prompts as prompts
 
     w, h = round(size[0] * scale), round(size[1] * scale)
     try:

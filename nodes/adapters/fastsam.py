@@ -1,478 +1,67 @@
-"""FastSAM through ultralytics, and the CLIP scorer for text prompts: the one module that imports ultralytics.
+"""FastSAM Mask orchestration: detect, score, select and upsample over a batch, then draw the preview.
 
-ultralytics (AGPL-3.0) is optional. It is imported lazily, inside the functions below, after
-``YOLO_OFFLINE=True`` and ``YOLO_AUTOINSTALL=False`` are set, so the nodes register without it and fail
-at run time with an install hint. Weights are only ever loaded from the absolute path of an existing file
-in a registered model folder: never a bare name, which ultralytics would try to download.
-
-FastSAM (Zhao et al., arXiv 2306.12156) = all-instance segmentation with YOLOv8-seg (here) followed by
-prompt-guided selection (``nodes/core/prompts.py``).
+The node calls :func:`mask_and_preview`. It ties the adapters (ultralytics in :mod:`.fastsam_model`, CLIP in
+:mod:`.fastsam_clip`) to the pure stages in ``nodes/core`` (``fastsam_prompts``, ``fastsam_geometry``,
+``fastsam_select``, ``fastsam_images``, ``fastsam_preview``). FastSAM: Zhao et al., arXiv 2306.12156.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import comfy.model_management
 import comfy.utils
-import folder_paths
-import numpy as np
 import torch
 
-from ..core import prompts
+from ..core.fastsam_geometry import resize_image, scale_request, upsample_mask
+from ..core.fastsam_images import to_rgb
+from ..core.fastsam_preview import draw_preview
+from ..core.fastsam_prompts import MaskRequest, check_prompts_inside
+from ..core.fastsam_select import select_mask
+from .fastsam_clip import ClipScorer, load_clip, text_scores
+from .fastsam_model import FastSAMModel, detect, on_compute_device
 
 logger = logging.getLogger(__name__)
 
-FOLDER = "fastsam"
-CLIP_FOLDER = "diffstyler_clip"
-EXTENSIONS = (".pt", ".safetensors")  # ultralytics reads checkpoints named .pt only
-INSTALL_HINT = (
-    "FastSAM needs the optional package 'ultralytics' (AGPL-3.0): run 'pip install ultralytics' in ComfyUI's "
-    "Python environment and restart ComfyUI"
-)
-# YOLOv8-seg widths of the first conv -> model scale (FastSAM-s is yolov8s-seg, FastSAM-x is yolov8x-seg)
-_SCALE_BY_WIDTH = {16: "n", 32: "s", 48: "m", 64: "l", 80: "x"}
-_CACHE_SIZE = 2
-CLIP_BATCH = 32
 
+@dataclass(frozen=True)
+class MaskOutput:
+    """What the FastSAM Mask node returns: ``mask`` MASK ``[B,H,W]``, ``preview`` and ``rgb`` IMAGE ``[B,H,W,3]``.
 
-# ---------------------------------------------------------------------------------------------- ultralytics
-
-
-def import_ultralytics():
-    """Import ultralytics offline (no downloads, no pip installs) or raise ImportError with the install hint."""
-    os.environ["YOLO_OFFLINE"] = "True"
-    os.environ["YOLO_AUTOINSTALL"] = "False"
-    try:
-        import ultralytics
-        from ultralytics.models.fastsam import FastSAMPredictor
-        from ultralytics.nn import tasks
-        from ultralytics.utils import callbacks
-    except ImportError as e:
-        raise ImportError(f"{INSTALL_HINT} ({e})") from e
-    return ultralytics, FastSAMPredictor, tasks, callbacks
-
-
-@dataclass
-class FastSAMModel:
-    """The ``DIFFSTYLER_FASTSAM`` value: a loaded FastSAM, kept on the CPU between runs.
-
-    ``predictor`` is an ultralytics ``FastSAMPredictor`` holding the fused network (its ``model``).
+    ``rgb`` is the input as RGB (the editor draws the prompts over it).
     """
 
-    name: str
-    path: str
-    scale: str
-    predictor: object
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def network(self) -> torch.nn.Module:
-        """The fused torch module inside the predictor's ``AutoBackend`` (which may not register it as a child)."""
-        backend = self.predictor.model
-        inner = getattr(backend, "model", None)
-        return inner if isinstance(inner, torch.nn.Module) else backend
-
-    def device(self) -> torch.device:
-        return next(self.network().parameters()).device
-
-    def weight_bytes(self) -> int:
-        return int(sum(p.numel() * p.element_size() for p in self.network().parameters()))
+    mask: torch.Tensor
+    preview: torch.Tensor
+    rgb: torch.Tensor
 
 
-_MODELS: dict[tuple[str, int, int], FastSAMModel] = {}
+def mask_and_preview(
+    model: FastSAMModel, image: torch.Tensor, request: MaskRequest, clip_folder: str = "none"
+) -> MaskOutput:
+    """The FastSAM Mask node's run: IMAGE ``[B,H,W,C]`` (gray, RGB, RGBA) -> :class:`MaskOutput`.
 
-
-def check_name(name: str, input_name: str = "model_name") -> None:
-    """Refuse names that try to leave the model folder (absolute paths, ``..``)."""
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{input_name}: expected a file name in models/{FOLDER}, got {name!r}")
-    parts = name.replace("\\", "/").split("/")
-    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
-        raise ValueError(
-            f"{input_name}: {name!r} leaves the model folder; give a file name relative to models/{FOLDER} "
-            f"(for example FastSAM-s.pt)"
-        )
-
-
-def resolve_model_path(name: str) -> str:
-    """The absolute path of ``name`` in the ``fastsam`` model folder(s), or FileNotFoundError naming the folders."""
-    check_name(name)
-    path = folder_paths.get_full_path(FOLDER, name)
-    if path is None or not os.path.isfile(path):
-        folders = (
-            ", ".join(folder_paths.get_folder_paths(FOLDER)) if FOLDER in folder_paths.folder_names_and_paths else ""
-        )
-        raise FileNotFoundError(
-            f"model_name: FastSAM weights {name!r} not found in the '{FOLDER}' model folder ({folders}); put "
-            f"FastSAM-s.pt or FastSAM-x.pt there and refresh the node"
-        )
-    return os.path.abspath(path)
-
-
-def file_key(path: str) -> tuple[str, int, int]:
-    st = os.stat(path)
-    return os.path.realpath(path), st.st_mtime_ns, st.st_size
-
-
-def _segmentation_module(path: str, name: str):
-    """Load the torch module (CPU, fp32, eval) from a .pt checkpoint or a .safetensors state dict."""
-    _, _, tasks, _ = import_ultralytics()
-    try:
-        if path.lower().endswith(".safetensors"):
-            module, scale = _module_from_safetensors(path, tasks)
-        else:
-            module = _module_from_checkpoint(path, tasks)
-            scale = str(getattr(module, "yaml", {}).get("scale", "") or "?")
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any loader failure means "not a model": re-raised with the file named
-        raise ValueError(
-            f"model_name: {name!r} ({path}) is not a FastSAM/YOLOv8-seg model ({type(e).__name__}: {e}); use "
-            f"FastSAM-s.pt or FastSAM-x.pt from the FastSAM release"
-        ) from e
-    if not isinstance(module, tasks.SegmentationModel):
-        raise ValueError(
-            f"model_name: {name!r} ({path}) is a {type(module).__name__}, not a segmentation model; FastSAM needs "
-            f"FastSAM-s.pt or FastSAM-x.pt (YOLOv8-seg)"
-        )
-    return module.float().eval(), scale
-
-
-_warned_unsafe = False
-
-
-def safe_pickle_loading(tasks) -> bool:
-    """Whether this ultralytics + torch can read a checkpoint with ``weights_only=True`` (an allow-list of classes)."""
-    import inspect
-
-    load = getattr(tasks, "torch_safe_load", None)
-    safe = getattr(tasks, "_SafeLoad", None)
-    try:
-        has_flag = load is not None and "safe_only" in inspect.signature(load).parameters
-    except (TypeError, ValueError):
-        has_flag = False
-    return bool(has_flag and safe is not None and getattr(safe, "SUPPORTED", False))
-
-
-def _module_from_checkpoint(path: str, tasks) -> torch.nn.Module:
-    """An ultralytics checkpoint -> its network, unpickled weights-only (no code in the file runs) when possible.
-
-    ultralytics' ``torch_safe_load(path, safe_only=True)`` loads with ``weights_only=True`` and an allow-list of
-    its own model classes; a file that references anything else is refused. Older ultralytics (or torch < 2.6)
-    lack it: the file is then unpickled in full (only ever from the registered model folder) and a warning says
-    to upgrade.
+    Checks the prompts against the image size and loads the CLIP folder (text mode) before any detection.
     """
-    global _warned_unsafe
-    if not safe_pickle_loading(tasks):
-        if not _warned_unsafe:
-            _warned_unsafe = True
-            logger.warning(
-                "DiffStyler: this ultralytics/torch cannot load .pt files weights-only, so %s is unpickled in full "
-                "(code stored in it would run); upgrade ultralytics ('pip install -U ultralytics') and torch >= 2.6, "
-                "or use a .safetensors copy of the weights",
-                path,
-            )
-        loader = getattr(tasks, "load_checkpoint", None) or tasks.attempt_load_one_weight
-        return loader(path)[0]
-    from ultralytics.utils import DEFAULT_CFG_DICT
-
-    ckpt, _ = tasks.torch_safe_load(path, safe_only=True)
-    if not isinstance(ckpt, dict):
-        raise TypeError(f"the file holds a {type(ckpt).__name__}, not an ultralytics checkpoint")
-    module = ckpt.get("ema") or ckpt.get("model")
-    if not isinstance(module, torch.nn.Module):
-        raise TypeError("the checkpoint has no 'model' network")
-    # what ultralytics' own load_checkpoint sets on a loaded network
-    module.args = {**DEFAULT_CFG_DICT, **(ckpt.get("train_args") or {})}
-    module.pt_path = path
-    if not hasattr(module, "task"):
-        module.task = "segment"
-    if not hasattr(module, "stride"):
-        module.stride = torch.tensor([32.0])
-    for m in module.modules():
-        if hasattr(m, "inplace"):
-            m.inplace = True
-    return module
+    rgb = to_rgb(image)
+    check_prompts_inside(request, rgb.shape[1], rgb.shape[2])
+    clip = load_clip(clip_folder) if request.mode == "text" else None
+    mask = segment(model, rgb, request, clip=clip)
+    return MaskOutput(mask, draw_preview(rgb, mask, request.points, request.boxes), rgb)
 
 
-def _module_from_safetensors(path: str, tasks):
-    """Build YOLOv8-seg from the packaged yaml and load a safetensors state dict into it (no pickle involved)."""
-    import safetensors.torch
-
-    sd = safetensors.torch.load_file(path, device="cpu")
-    first = sd.get("model.0.conv.weight")
-    cls_keys = sorted(k for k in sd if ".cv3." in k and k.endswith(".2.bias"))
-    if first is None or not cls_keys or int(first.shape[0]) not in _SCALE_BY_WIDTH:
-        raise ValueError("the state dict does not have YOLOv8-seg keys (model.0.conv.weight, model.22.cv3.*)")
-    scale = _SCALE_BY_WIDTH[int(first.shape[0])]
-    module = tasks.SegmentationModel(f"yolov8{scale}-seg.yaml", nc=int(sd[cls_keys[0]].shape[0]), verbose=False)
-    module.load_state_dict(sd, strict=True)
-    return module, scale
-
-
-def load_model(name: str) -> FastSAMModel:
-    """Load (or reuse) FastSAM weights from ``models/fastsam`` on the CPU. Cached by path, mtime and size."""
-    path = resolve_model_path(name)
-    key = file_key(path)
-    cached = _MODELS.get(key)
-    if cached is not None:
-        return cached
-    _, predictor_cls, _, callbacks = import_ultralytics()
-    module, scale = _segmentation_module(path, name)
-    overrides = {
-        "task": "segment",
-        "mode": "predict",
-        "imgsz": 1024,
-        "conf": 0.4,
-        "iou": 0.9,
-        # masks at inference resolution: full-size masks for every detection cost detections x pixels
-        # (~115 GB for 300 detections on an 8k photo); segment() upsamples only the selected one
-        "retina_masks": False,
-        "verbose": False,
-        "save": False,
-        "device": "cpu",
-        "batch": 1,
-        "rect": True,
-    }
-    predictor = predictor_cls(overrides=overrides, _callbacks=callbacks.get_default_callbacks())
-    predictor.callbacks = callbacks.get_default_callbacks()  # drop ultralytics' usage-analytics callback
-    threads = torch.get_num_threads()
-    try:
-        predictor.setup_model(model=module, verbose=False)  # fuses a copy of the module; ours can go
-    finally:
-        torch.set_num_threads(threads)  # ultralytics' select_device lowers torch's CPU threads process-wide
-    handle = FastSAMModel(name=name, path=path, scale=scale, predictor=predictor)
-    while len(_MODELS) >= _CACHE_SIZE:
-        _MODELS.pop(next(iter(_MODELS)))
-    _MODELS[key] = handle
-    logger.info("DiffStyler: loaded FastSAM %s (yolov8%s-seg) from %s", name, scale, path)
-    return handle
-
-
-def _place(model: FastSAMModel, device: torch.device) -> None:
-    """Move the network and tell the predictor (it moves each input to ``predictor.device``)."""
-    predictor = model.predictor
-    predictor.model.to(device)  # AutoBackend.to moves the wrapped network and updates its device
-    network = model.network()
-    if next(network.parameters()).device.type != device.type:
-        network.to(device)
-    predictor.device = device
-    predictor.args.device = str(device)
-
-
-def _drop_outputs(predictor) -> None:
-    """The predictor keeps the last batch and its Results (device tensors): let them go."""
-    for name in ("results", "batch", "plotted_img"):
-        if hasattr(predictor, name):
-            setattr(predictor, name, None)
-
-
-def letterbox_window(grid: tuple[int, int], image: tuple[int, int]) -> tuple[int, int, int, int]:
-    """``(top, bottom, left, right)`` of the picture inside a letterboxed ``grid`` (ultralytics' centred padding)."""
-    (gh, gw), (h, w) = grid, image
-    gain = min(gh / h, gw / w)
-    pad_h, pad_w = (gh - h * gain) / 2, (gw - w * gain) / 2
-    top, left = int(round(pad_h - 0.1)), int(round(pad_w - 0.1))
-    return top, gh - int(round(pad_h + 0.1)), left, gw - int(round(pad_w + 0.1))
-
-
-def detection_grid(data: torch.Tensor, height: int, width: int, chunk: int = 32) -> torch.Tensor:
-    """Letterboxed masks ``[N,gh,gw]`` -> bool ``[N,h,w]``: the picture's window, no finer than the image.
-
-    A window larger than the image (small pictures are scaled up to imgsz) is resized down to the image
-    (bilinear, > 0.5, ``chunk`` masks at a time); a smaller one is kept as it is. Masks left with no pixel
-    (all in the padding, or thinner than a pixel of the image) are dropped, as ultralytics drops empty ones.
-    """
-    top, bottom, left, right = letterbox_window(tuple(data.shape[-2:]), (height, width))
-    cropped = (top, left, bottom, right) != (0, 0, *data.shape[-2:])
-    window = data[:, top:bottom, left:right] if cropped else data
-    gh, gw = window.shape[-2:]
-    if (gh, gw) == (height, width) or gh * gw < height * width:
-        # ultralytics >= 8.1 gives 0/1 uint8 masks: reinterpret them, no pass over N x h x w
-        out = (window.view(torch.bool) if window.dtype == torch.uint8 else window > 0.5).cpu()
-    else:
-        cropped = True
-        out = torch.empty((data.shape[0], height, width), dtype=torch.bool)
-        for start in range(0, data.shape[0], chunk):
-            part = window[start : start + chunk].float()[None]
-            out[start : start + chunk] = (
-                torch.nn.functional.interpolate(part, size=(height, width), mode="bilinear")[0] > 0.5
-            ).cpu()
-    if not cropped:  # ultralytics already dropped the empty masks
-        return out
-    keep = out.flatten(1).any(dim=1)
-    return out if bool(keep.all()) else out[keep]
-
-
-def detect(model: FastSAMModel, image: torch.Tensor, imgsz: int, conf: float, iou: float) -> torch.Tensor:
-    """FastSAM "everything": image ``[H,W,3]`` float 0..1 RGB -> detections ``[N,h,w]`` bool on the CPU.
-
-    ``h x w`` is the image's size, or FastSAM's inference resolution when the image is larger (see
-    :func:`detection_grid`); :func:`segment` maps prompts onto that grid. Call inside :func:`on_compute_device`.
-    """
-    h, w = image.shape[:2]
-    predictor = model.predictor
-    predictor.args.imgsz = int(imgsz)
-    predictor.args.conf = float(conf)
-    predictor.args.iou = float(iou)
-    predictor.args.retina_masks = False
-    bgr = np.ascontiguousarray(prompts.to_uint8(image)[..., ::-1])  # ultralytics reads numpy arrays as BGR
-    results = predictor(source=bgr, stream=False)
-    masks = results[0].masks if results else None
-    if masks is None:
-        return torch.zeros((0, h, w), dtype=torch.bool)
-    data = masks.data
-    del results, masks
-    _drop_outputs(predictor)
-    return detection_grid(data, h, w)
-
-
-# ---------------------------------------------------------------------------------------------- CLIP
-
-
-@dataclass
-class ClipScorer:
-    """A Hugging Face CLIP (vision + text) from ``models/diffstyler_clip/<folder>``, on the CPU between runs."""
-
-    name: str
-    path: str
-    model: object
-    processor: object
-
-    def weight_bytes(self) -> int:
-        return int(sum(p.numel() * p.element_size() for p in self.model.parameters()))
-
-
-_CLIPS: dict[tuple[str, int], ClipScorer] = {}
-
-
-def list_clip_folders() -> list[str]:
-    """Sub-folders of the ``diffstyler_clip`` model folder(s) that hold a ``config.json``."""
-    found: set[str] = set()
-    if CLIP_FOLDER not in folder_paths.folder_names_and_paths:
-        return []
-    for base in folder_paths.get_folder_paths(CLIP_FOLDER):
-        if not os.path.isdir(base):
-            continue
-        for entry in sorted(os.listdir(base)):
-            if os.path.isfile(os.path.join(base, entry, "config.json")):
-                found.add(entry)
-    return sorted(found)
-
-
-def resolve_clip_folder(name: str) -> str:
-    if not name or name == "none":
-        raise ValueError(
-            f"clip_folder: mode 'text' needs a CLIP model: put a Hugging Face CLIP folder (config.json, weights, "
-            f"tokenizer and preprocessor files) in models/{CLIP_FOLDER}/<name>/ and pick it in clip_folder"
-        )
-    check_name(name, "clip_folder")
-    bases = folder_paths.get_folder_paths(CLIP_FOLDER) if CLIP_FOLDER in folder_paths.folder_names_and_paths else []
-    for base in bases:  # a symlink in the folder is followed, as for every model folder (and as listed)
-        path = os.path.join(base, name)
-        if os.path.isfile(os.path.join(path, "config.json")):
-            return os.path.abspath(path)
-    raise FileNotFoundError(
-        f"clip_folder: {name!r} with a config.json not found in the '{CLIP_FOLDER}' model folder ({', '.join(bases)})"
-    )
-
-
-def load_clip(name: str) -> ClipScorer:
-    """Load (or reuse) ``CLIPModel`` + ``CLIPProcessor`` from a local folder; never downloads."""
-    path = resolve_clip_folder(name)
-    key = (os.path.realpath(path), os.stat(os.path.join(path, "config.json")).st_mtime_ns)
-    if key in _CLIPS:
-        return _CLIPS[key]
-    try:
-        from transformers import CLIPModel, CLIPProcessor
-    except ImportError as e:
-        raise ImportError(f"text mode needs the 'transformers' package (pip install transformers): {e}") from e
-    try:
-        model = CLIPModel.from_pretrained(path, local_files_only=True).float().eval()
-        processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise ValueError(
-            f"clip_folder: {name!r} ({path}) is not a complete CLIP folder ({e}); it needs config.json, the model "
-            f"weights, tokenizer files and preprocessor_config.json (save_pretrained of CLIPModel and CLIPProcessor)"
-        ) from e
-    scorer = ClipScorer(name=name, path=path, model=model, processor=processor)
-    _CLIPS.clear()
-    _CLIPS[key] = scorer
-    logger.info("DiffStyler: loaded CLIP %s from %s", name, path)
-    return scorer
-
-
-def _features(out) -> torch.Tensor:
-    """transformers 4 returns the projected features, transformers 5 an output whose pooler_output they are."""
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-@torch.no_grad()
-def text_scores(clip: ClipScorer, image: torch.Tensor, masks: torch.Tensor, texts: tuple[str, ...]) -> torch.Tensor:
-    """Cosine similarity ``[T,N]`` of each phrase with each detection's masked crop (white background).
-
-    image ``[H,W,3]`` float 0..1, masks ``[N,H,W]`` bool. Call inside :func:`on_compute_device`.
-    """
-    device = next(clip.model.parameters()).device
-    if masks.shape[0] == 0:
-        return torch.zeros((len(texts), 0))
-    tok = clip.processor(text=list(texts), padding=True, truncation=True, return_tensors="pt")
-    tfeat = _features(clip.model.get_text_features(**{k: v.to(device) for k, v in tok.items()}))
-    crops = [prompts.to_uint8(c) for c in prompts.masked_crops(image, masks)]
-    feats = []
-    for start in range(0, len(crops), CLIP_BATCH):
-        pix = clip.processor(images=crops[start : start + CLIP_BATCH], return_tensors="pt")["pixel_values"]
-        feats.append(_features(clip.model.get_image_features(pixel_values=pix.to(device))))
-    ifeat = torch.cat(feats)
-    tfeat = torch.nn.functional.normalize(tfeat.float(), dim=-1)
-    ifeat = torch.nn.functional.normalize(ifeat.float(), dim=-1)
-    return (tfeat @ ifeat.T).cpu()
-
-
-# ---------------------------------------------------------------------------------------------- orchestration
-
-
-def estimate_memory(model: FastSAMModel, request: prompts.MaskRequest, height: int, width: int, clip=None) -> int:
+def estimate_memory(model: FastSAMModel, request: MaskRequest, height: int, width: int, clip=None) -> int:
     """Rough bytes FastSAM needs on the compute device: weights, activations and up to 300 masks at imgsz."""
     activations = request.imgsz * request.imgsz * 3 * 4 * 64
     masks = 300 * request.imgsz * request.imgsz * 4
     return model.weight_bytes() + activations + masks + (clip.weight_bytes() if clip is not None else 0)
 
 
-@contextlib.contextmanager
-def on_compute_device(model: FastSAMModel, clip: ClipScorer | None = None, memory_required: int = 0) -> Iterator:
-    """Hold FastSAM (and CLIP) on ComfyUI's compute device for the duration, then put them back on the CPU.
-
-    ComfyUI's model management frees room first (unloading other models if needed).
-    """
-    device = comfy.model_management.get_torch_device()
-    cpu = torch.device("cpu")
-    with model.lock:
-        if device.type != "cpu":
-            comfy.model_management.free_memory(memory_required, device)
-        try:
-            _place(model, device)
-            if clip is not None:
-                clip.model.to(device)
-            yield device
-        finally:
-            _drop_outputs(model.predictor)
-            _place(model, cpu)
-            if clip is not None:
-                clip.model.to(cpu)
-            if device.type != "cpu":
-                comfy.model_management.soft_empty_cache()
-
-
 def segment(
     model: FastSAMModel,
     images: torch.Tensor,
-    request: prompts.MaskRequest,
+    request: MaskRequest,
     clip: ClipScorer | None = None,
 ) -> torch.Tensor:
     """FastSAM + prompt-guided selection over a batch: images ``[B,H,W,3]`` RGB 0..1 -> MASK ``[B,H,W]`` float 0..1.
@@ -495,8 +84,8 @@ def segment(
             gh, gw = dets.shape[-2:]
             scores = None
             if request.mode == "text":
-                scores = text_scores(clip, prompts.resize_image(images[i], gh, gw), dets, request.texts)
-            sel = prompts.select_mask(dets, prompts.scale_request(request, h, w, gh, gw), scores)
+                scores = text_scores(clip, resize_image(images[i], gh, gw), dets, request.texts)
+            sel = select_mask(dets, scale_request(request, h, w, gh, gw), scores)
             found = int(dets.shape[0])
             del dets
             if sel.note:
@@ -509,6 +98,6 @@ def segment(
                     request.mode,
                     request.conf,
                 )
-            out[i] = prompts.upsample_mask(sel.mask, h, w)
+            out[i] = upsample_mask(sel.mask, h, w)
             pbar.update(1)
     return out

@@ -106,7 +106,7 @@ def fastsam_models(comfy_home, pack, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     if "ultralytics" not in sys.modules:  # ultralytics writes its settings file on import
         mp.setenv("YOLO_CONFIG_DIR", str(tmp_path_factory.mktemp("yolo_config")))
-    from comfyui_diffstyler.nodes.adapters import fastsam
+    from comfyui_diffstyler.nodes.adapters import fastsam_model as fastsam
 
     fastsam.import_ultralytics()
     folder = comfy_home.models / "fastsam"

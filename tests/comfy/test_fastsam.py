@@ -61,9 +61,10 @@ def offline(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fs(pack):
-    from comfyui_diffstyler.nodes.adapters import fastsam
+    """The module that loads, places and runs FastSAM (the one that imports ultralytics)."""
+    from comfyui_diffstyler.nodes.adapters import fastsam_model
 
-    return fastsam
+    return fastsam_model
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +275,7 @@ def test_point_prompt_returns_a_mask_containing_the_point(fs, seg, dense, quiet)
 
 def test_large_images_select_on_the_inference_grid(fs, seg, dense):
     """A picture larger than imgsz: detections stay at inference resolution, only the chosen mask is upsampled."""
-    from comfyui_diffstyler.nodes.core import prompts
+    from comfyui_diffstyler.nodes.core import fastsam_geometry
 
     image = torch.nn.functional.interpolate(ff.scene_tensor().permute(0, 3, 1, 2), size=(256, 384)).permute(0, 2, 3, 1)
     dets = detections(fs, dense, image[0].contiguous())
@@ -291,7 +292,7 @@ def test_large_images_select_on_the_inference_grid(fs, seg, dense):
             assert bool(mask[0, y, x]) == (holders.numel() > 0)
             if holders.numel():
                 smallest = holders[torch.argmin(areas[holders])]
-                assert torch.equal(mask[0].bool(), prompts.upsample_mask(dets[smallest], 256, 384))
+                assert torch.equal(mask[0].bool(), fastsam_geometry.upsample_mask(dets[smallest], 256, 384))
                 checked += 1
     assert checked > 0
 
@@ -339,9 +340,10 @@ def test_box_prompt_keeps_the_mask_inside_the_box(fs, seg, dense):
 
 
 def test_text_prompt_ranks_masks_with_clip(fs, seg, dense, comfy_home):
+    from comfyui_diffstyler.nodes.adapters import fastsam_clip
     from transformers import CLIPModel, CLIPProcessor
 
-    assert CLIP in fs.list_clip_folders()
+    assert CLIP in fastsam_clip.list_clip_folders()
     assert CLIP in seg.DiffStylerFastSAMMask.define_schema().inputs[-1].options
     image = ff.scene_tensor()
     dets = detections(fs, dense, image[0])
@@ -452,8 +454,10 @@ def test_bad_inputs_name_the_widget(seg, dense):
 
 
 def test_zero_detections_give_an_empty_mask_and_a_warning(fs, seg, quiet, dense):
+    from comfyui_diffstyler.nodes.adapters import fastsam
+
     records = Records()
-    logger = logging.getLogger(fs.__name__)
+    logger = logging.getLogger(fastsam.__name__)  # the orchestration warns
     logger.addHandler(records)
     try:
         image = ff.scene_tensor(2)

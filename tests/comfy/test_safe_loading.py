@@ -113,10 +113,10 @@ def test_pickle_checkpoint_does_not_run_code(comfy_home, pack, tmp_path, live_pa
 
 @pytest.fixture(scope="module")
 def fastsam(comfy_home, pack):
-    from comfyui_diffstyler.nodes.adapters import fastsam
+    from comfyui_diffstyler.nodes.adapters import fastsam_model
 
-    fastsam.import_ultralytics()
-    return fastsam
+    fastsam_model.import_ultralytics()
+    return fastsam_model
 
 
 def test_fastsam_pickle_outside_the_folder_is_never_opened(comfy_home, fastsam, tmp_path, live_payload_check, cleanup):
@@ -150,7 +150,7 @@ def test_fastsam_pickle_inside_the_folder_does_not_run_code(comfy_home, fastsam,
 def test_fastsam_checkpoints_load_weights_only(comfy_home, fastsam, tmp_path, cleanup, monkeypatch):
     """A real ultralytics checkpoint loads through the weights-only path (torch.load never sees weights_only=False)."""
     import fastsam_fixtures as ff
-    from comfyui_diffstyler.nodes.adapters import fastsam as fs
+    from comfyui_diffstyler.nodes.adapters import fastsam_model as fs
 
     _, _, tasks, _ = fs.import_ultralytics()
     assert fs.safe_pickle_loading(tasks), "this ultralytics/torch should offer torch_safe_load(safe_only=True)"
@@ -176,7 +176,7 @@ def test_fastsam_checkpoints_load_weights_only(comfy_home, fastsam, tmp_path, cl
 def test_fastsam_without_safe_loading_warns_and_still_loads(comfy_home, fastsam, cleanup, monkeypatch, caplog):
     """Old ultralytics (no safe_only): the documented fallback unpickles from the model folder and says so."""
     import fastsam_fixtures as ff
-    from comfyui_diffstyler.nodes.adapters import fastsam as fs
+    from comfyui_diffstyler.nodes.adapters import fastsam_model as fs
 
     path = comfy_home.models / "fastsam" / "rel_old_ultralytics.pt"
     ff.save_fastsam(path, seed=4, class_bias=2.0)
@@ -255,6 +255,7 @@ def test_graph_validation_refuses_escaping_names(comfy_home, tiny, run_graph):
 def test_symlinks_inside_model_folders(comfy_home, fastsam, tmp_path, cleanup):
     """FastSAM weights and CLIP folders, like ComfyUI's own model folders, follow a symlink placed in their folder
     (how models on another drive are kept); a linked CLIP folder is listed and the node loads what it lists."""
+    from comfyui_diffstyler.nodes.adapters import fastsam_clip
     from comfyui_diffstyler.nodes.segment import DiffStylerFastSAMLoader
 
     outside = tmp_path / "elsewhere"
@@ -270,11 +271,11 @@ def test_symlinks_inside_model_folders(comfy_home, fastsam, tmp_path, cleanup):
     (outside / "clip" / "config.json").write_text("{}")
     os.symlink(outside / "clip", clip_link, target_is_directory=True)
     cleanup.append(clip_link)
-    assert "rel_clip_link" in fastsam.list_clip_folders()
-    resolved = fastsam.resolve_clip_folder("rel_clip_link")
+    assert "rel_clip_link" in fastsam_clip.list_clip_folders()
+    resolved = fastsam_clip.resolve_clip_folder("rel_clip_link")
     assert resolved == str(clip_link) and os.path.realpath(resolved) == str(outside / "clip")
     with pytest.raises(ValueError, match="leaves the model folder"):
-        fastsam.resolve_clip_folder("rel_clip_link/../../elsewhere/clip")
+        fastsam_clip.resolve_clip_folder("rel_clip_link/../../elsewhere/clip")
 
 
 # ---------------------------------------------------------------------------------------------- network

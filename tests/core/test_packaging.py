@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,10 +73,14 @@ def test_no_v1_mappings_and_single_api_import():
             assert "comfy_api" not in text, f"{path} imports comfy_api directly: use nodes/_api.py"
 
 
-def test_ultralytics_imported_in_one_module():
+@pytest.mark.parametrize(
+    "package, module",
+    [("ultralytics", "nodes/adapters/fastsam_model.py"), ("transformers", "nodes/adapters/fastsam_clip.py")],
+)
+def test_optional_package_imported_in_one_module(package, module):
     users = [
         p.relative_to(ROOT).as_posix()
         for p in (ROOT / "nodes").rglob("*.py")
-        if re.search(r"^\s*(import ultralytics|from ultralytics)", p.read_text(), re.M)
+        if re.search(rf"^\s*(import {package}|from {package})", p.read_text(), re.M)
     ]
-    assert users in ([], ["nodes/adapters/fastsam.py"]), users
+    assert users == [module], users
