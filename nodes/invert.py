@@ -78,8 +78,8 @@ class DiffStylerInvert(io.ComfyNode):
                     optional=True,
                     tooltip="Timesteps the inversion walks. fine: every timestep t = 1, 2, ... (the released "
                     "pipeline, ~1000 UNet rows). fine/2, fine/5, fine/10: every 2nd/5th/10th (2-10x cheaper). "
-                    "sampling: only the sampler's own steps (cheapest, ~steps rows). See the README for what each "
-                    "changes.",
+                    "sampling: only the sampler's own steps (cheapest, ~steps rows). See docs/options.md (Inversion "
+                    "grids) for what each changes.",
                 ),
                 io.Int.Input(
                     "content_cache_mb",

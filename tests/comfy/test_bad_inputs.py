@@ -5,7 +5,7 @@ widget checks that ComfyUI runs before a graph starts (``validate_inputs``) are 
 every test (error or not), an autouse fixture checks that the shared tiny MODEL still samples bit-identically to a
 reference taken at module start and that every MODEL an Injector patched in the test has no active DiffStyler run.
 
-Documented fallbacks (what the README should say; see docs/reliability.md):
+Documented fallbacks (docs/safety.md, 'Bad inputs and what happens', says what users get):
 
 * all-zero mask: a warning, the style is skipped; full mask: the whole image is restyled;
 * strength 0: the plain model on that style's rows; negative strength: the LoRA is subtracted (= core merge at

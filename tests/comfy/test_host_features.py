@@ -6,6 +6,8 @@
   from the same checkpoint) when a conditioning carries hooks, and the Injector itself works on that delegate under
   dynamic VRAM: an inversion made on the MODEL must be accepted there. Dynamic VRAM itself needs an NVIDIA GPU
   (bench/device_check.sh); the delegate's reload is ``ModelPatcher.clone(force_deepcopy=True)`` on the CPU.
+* The node API: ``comfy_api.v0_0_2`` where the host ships it (ComfyUI asks packs to import a versioned API),
+  ``comfy_api.latest`` where it does not; every node registers either way.
 """
 
 from __future__ import annotations
@@ -208,3 +210,76 @@ def test_hooked_negative_in_a_graph(tiny, comfy_home, run_graph):
     b = run_graph(with_hook).outputs("15")[0][0]["samples"]
     assert torch.isfinite(b).all()
     assert not torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------- versioned node API
+
+NODE_IDS = {
+    "DiffStylerInvert",
+    "DiffStylerStyleLoRA",
+    "DiffStylerStyleModel",
+    "DiffStylerCrossLoRAInjector",
+    "DiffStylerMaskedFusionSampler",
+    "DiffStylerGuider",
+    "DiffStylerDDIMSampler",
+    "DiffStylerInversionSigmas",
+    "DiffStylerRegionMask",
+    "DiffStylerFastSAMLoader",
+    "DiffStylerFastSAMMask",
+    "DiffStylerTrainStyleLoRA",
+}
+
+
+def test_pack_imports_the_versioned_api_where_the_host_has_it(pack):
+    """``nodes/_api.py`` takes ``comfy_api.v0_0_2`` on a host that ships it (v0.8.0 and v0.33.0 do), and every node
+    the pack registers is a V3 node of that API."""
+    import importlib
+    import importlib.util
+
+    from comfyui_diffstyler.nodes import _api
+
+    import nodes
+
+    if importlib.util.find_spec("comfy_api.v0_0_2") is None:
+        assert _api.API_MODULE == "comfy_api.latest"
+    else:
+        assert _api.API_MODULE == "comfy_api.v0_0_2"
+    api = importlib.import_module(_api.API_MODULE)
+    assert (_api.io, _api.ui, _api.ComfyExtension) == (api.io, api.ui, api.ComfyExtension)
+    registered = {k: v for k, v in nodes.NODE_CLASS_MAPPINGS.items() if k.startswith("DiffStyler") and "Test" not in k}
+    assert set(registered) == NODE_IDS
+    for node_id, cls in registered.items():
+        assert issubclass(cls, api.io.ComfyNode), node_id
+        assert cls.GET_SCHEMA().node_id == node_id
+
+
+def test_api_falls_back_to_latest_without_the_versioned_module(pack, monkeypatch, caplog):
+    """On a host without ``comfy_api.v0_0_2`` the same module imports ``comfy_api.latest`` and logs which, at debug
+    level; a versioned API that is there but broken is an error, not a silent fallback."""
+    import importlib.util
+    import logging
+    import sys
+    import types
+    from pathlib import Path
+
+    import comfy_api.latest
+
+    source = Path(sys.modules["comfyui_diffstyler"].__file__).parent / "nodes" / "_api.py"
+
+    def load_copy():
+        spec = importlib.util.spec_from_file_location("dst_api_probe", source)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    monkeypatch.setitem(sys.modules, "comfy_api.v0_0_2", None)  # "import comfy_api.v0_0_2" now fails as absent
+    with caplog.at_level(logging.DEBUG, logger="dst_api_probe"):
+        probe = load_copy()
+    assert probe.API_MODULE == "comfy_api.latest"
+    assert probe.io is comfy_api.latest.io and probe.ComfyExtension is comfy_api.latest.ComfyExtension
+    assert any("comfy_api.latest" in r.getMessage() for r in caplog.records if r.name == "dst_api_probe")
+
+    # a versioned API that exists but lacks a name the pack uses: the ImportError surfaces, no silent fallback
+    monkeypatch.setitem(sys.modules, "comfy_api.v0_0_2", types.ModuleType("comfy_api.v0_0_2"))
+    with pytest.raises(ImportError, match="ComfyExtension"):
+        load_copy()

@@ -1,6 +1,6 @@
 """bench/run.py end to end on a narrow SD1.5 UNet (every layer, little arithmetic): the table and the JSON line.
 
-The full-size numbers in the README come from the same script (see README, Performance); this keeps the
+The full-size numbers in docs/performance.md come from the same script; this keeps the
 script, its JSON contract (issue: performance) and its row accounting from rotting.
 """
 
