@@ -28,6 +28,8 @@ AXES_DIM = [16, 56, 56]
 T5_WIDTH = 4096  # Flux.1's context_in_dim (T5-XXL)
 POOLED_WIDTH = 768  # Flux.1's vec_in_dim (CLIP-L pooled output)
 NORM_SCALE = ("query_norm.", "key_norm.")  # RMSNorm scales: BFL files name them ".scale"
+EMBEDDERS = ("time_in.in_layer.weight", "guidance_in.in_layer.weight")  # read Flux's sinusoidal embedding (256)
+SMOOTH_RAD = 20.0  # the embedders' columns are damped by exp(-omega / SMOOTH_RAD), omega in radians per unit sigma
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,28 @@ def state_dict(spec: TinyFlux = TinyFlux()) -> dict[str, torch.Tensor]:
         for k, v in model.state_dict().items()
         if k.startswith("diffusion_model.")
     }
-    return {k: v.contiguous() for k, v in randomize_(own, spec.seed).items()}  # the same values on every host
+    sd = smooth_in_sigma_(randomize_(own, spec.seed))  # the same values on every host
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def smooth_in_sigma_(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Damp the timestep and guidance embedders' high-frequency inputs in place, the Frobenius norm kept.
+
+    Flux embeds ``1000*sigma`` with sinusoids up to 1 rad per unit, so random weights make the velocity oscillate
+    with a period of ~0.006 in sigma, which no trained model does and which would make every inversion grid
+    measurement on the tiny model an aliasing artefact. Column ``i`` (cos and sin halves alike) of frequency
+    ``omega_i = 1000 * 10000^(-i/128)`` is scaled by ``exp(-omega_i / SMOOTH_RAD)``.
+    """
+    for key in EMBEDDERS:
+        w = sd.get(key)
+        if w is None:
+            continue
+        half = w.shape[1] // 2
+        omega = 1000.0 * torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
+        damp = torch.exp(-omega / SMOOTH_RAD).repeat(2).to(w.dtype)
+        damped = w * damp
+        sd[key] = damped * (w.norm() / damped.norm())
+    return sd
 
 
 def _bfl_name(key: str) -> str:
