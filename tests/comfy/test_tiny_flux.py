@@ -127,3 +127,37 @@ def test_direct_conditioning_drives_core_sampling(tf, guidance):
         assert rel(a, b) > 1e-4, "dev: the guidance embedding changes the output"
     else:
         assert torch.equal(a, b), "schnell has no guidance embedding"
+
+
+@pytest.mark.slow
+def test_core_unet_loader_at_the_width_a_fixed_24_head_detection_needs(tf, unet_folder):
+    """Hosts whose detection fixes 24 heads (v0.8.0) load Flux.1 files of hidden 3072 only: the one full-width test
+    (531M parameters, 2.1 GB fp32, about 2 minutes and 7 GB of RAM on the 2-core CI machine). Elsewhere the 128-wide
+    file above goes through the same loader."""
+    import gc
+
+    import safetensors
+
+    import nodes
+
+    small = tf.TinyFlux(hidden=128)
+    if detected_heads(tf.state_dict(small)) == small.hidden // 128:
+        pytest.skip("this host derives the heads from the width: its loader reads the 128-wide file (tested above)")
+    spec = tf.TinyFlux(hidden=3072, seed=7)
+    name = "tiny_flux_3072.safetensors"
+    tf.save_file(unet_folder / name, spec)
+    gc.collect()
+    try:
+        model = nodes.UNETLoader().load_unet(name, "default")[0]
+        config = model.model.model_config
+        assert type(config).__name__ == "Flux" and config.unet_config["num_heads"] == 24
+        assert config.unet_config["hidden_size"] == 3072 and config.unet_config["depth"] == 1
+        state = model.model.state_dict()
+        with safetensors.safe_open(str(unet_folder / name), "pt") as f:
+            for key in ("double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight", "txt_in.weight"):
+                assert torch.equal(state["diffusion_model." + key], f.get_tensor(key)), key
+        v = tf.comfy_velocity(model, tf.latent(4, 4), 0.5, tf.conditioning(spec, tokens=4))
+        assert v.shape == (1, 16, 4, 4) and torch.isfinite(v).all()
+    finally:
+        (unet_folder / name).unlink(missing_ok=True)
+        gc.collect()
