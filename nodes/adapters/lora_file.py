@@ -88,9 +88,11 @@ def load_lora_file(name: str) -> dict[str, torch.Tensor]:
 
 
 def _unet_config(config: dict) -> dict:
-    """The UNet's LoraConfig from diffusers' header JSON (its keys are prefixed ``unet.``; a bare config is not)."""
-    if any(k.startswith("unet.") for k in config):
-        return {k[len("unet.") :]: v for k, v in config.items() if k.startswith("unet.")}
+    """The denoiser's LoraConfig from diffusers' header JSON (its keys are prefixed ``unet.``, or ``transformer.`` for
+    a DiT such as Flux; a bare config is not)."""
+    for prefix in ("unet.", "transformer."):
+        if any(k.startswith(prefix) for k in config):
+            return {k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)}
     if any("." in k for k in config):
         return {}
     return config
@@ -290,6 +292,12 @@ def layer_deltas(patches: dict, model, strength: float, source: str = "LoRA") ->
     ValueError naming ``source`` when the LoRA's layer shapes do not fit the model (same key names,
     other architecture size).
     """
+    sliced = [k for k in patches if not isinstance(k, str)]
+    if sliced:
+        raise ValueError(
+            f"{source}: {len(sliced)} of its layers land on slices of fused weights (e.g. {sliced[0][0]}), which only "
+            "the Flux LoRA reader (adapters.flux_lora) applies per style: this model family needs it"
+        )
     state = model.model.state_dict()
     out: dict[str, LayerDelta] = {}
     bad = [

@@ -7,7 +7,7 @@ style and adds the delta on its own rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -20,6 +20,10 @@ class LayerDelta:
     Low-rank form: ``down`` ``[r, in(,k,k)]``, ``up`` ``[out, r(,1,1)]``, ``scale = strength*alpha/r``.
     Full form: ``weight`` of the layer's weight shape (LoHa, LoKr, DoRA, diff and LoCon-with-mid files),
     already multiplied by the strength. ``bias`` is an optional bias delta.
+
+    ``out_slice``: ``(offset, size)`` when the delta acts on part of the layer's output features only (a Flux
+    LoRA's ``to_q`` on the fused ``qkv`` Linear): ``up``/``weight``/``bias`` then have ``size`` output rows and the
+    delta is added to ``out[..., offset:offset+size]``. None (every SD LoRA): the whole output.
     """
 
     down: torch.Tensor | None = None
@@ -27,6 +31,7 @@ class LayerDelta:
     scale: float = 1.0
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
+    out_slice: tuple[int, int] | None = None
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.down, self.up, self.weight, self.bias) if t is not None)
@@ -35,7 +40,7 @@ class LayerDelta:
         def cv(t):
             return None if t is None else t.to(device=device, dtype=dtype)
 
-        return LayerDelta(cv(self.down), cv(self.up), self.scale, cv(self.weight), cv(self.bias))
+        return LayerDelta(cv(self.down), cv(self.up), self.scale, cv(self.weight), cv(self.bias), self.out_slice)
 
     def folded(self, device, dtype) -> LayerDelta:
         """On ``device``/``dtype`` with the scale folded into ``up`` (one multiply fewer per call)."""
@@ -47,7 +52,36 @@ class LayerDelta:
             up,
             1.0,
             *(None if t is None else t.to(device=device, dtype=dtype) for t in (self.weight, self.bias)),
+            self.out_slice,
         )
+
+    def out_range(self, out_features: int) -> tuple[int, int]:
+        """``(start, stop)`` of the output features this delta changes in a layer with ``out_features`` outputs."""
+        if self.out_slice is None:
+            return 0, int(out_features)
+        offset, size = self.out_slice
+        return int(offset), int(offset) + int(size)
+
+    def without_rows(self, start: int, stop: int, out_features: int) -> LayerDelta | None:
+        """This delta with the output features ``[start, stop)`` left out (what a bypassed q/k slice of a fused
+        Linear needs), or None when nothing is left. Only a delta lying wholly inside or outside the range, or a
+        whole-output one, can be cut; ValueError otherwise."""
+        lo, hi = self.out_range(out_features)
+        if hi <= start or lo >= stop:
+            return self
+        if start <= lo and hi <= stop:
+            return None
+        if self.out_slice is not None:
+            raise ValueError(f"a delta on output features [{lo}, {hi}) cannot be cut at [{start}, {stop})")
+        keep = [(a, b) for a, b in ((0, start), (stop, out_features)) if b > a]
+        if len(keep) != 1:
+            raise ValueError(f"cutting [{start}, {stop}) out of [0, {out_features}) leaves two parts")
+        a, b = keep[0]
+
+        def rows(t):
+            return None if t is None else t[a:b]
+
+        return replace(self, up=rows(self.up), weight=rows(self.weight), bias=rows(self.bias), out_slice=(a, b - a))
 
 
 def linear_delta(x: torch.Tensor, d: LayerDelta) -> torch.Tensor:
@@ -60,6 +94,16 @@ def linear_delta(x: torch.Tensor, d: LayerDelta) -> torch.Tensor:
             out = out * d.scale
     if d.bias is not None:
         out = out + d.bias
+    return out
+
+
+def add_linear_delta_(out: torch.Tensor, x: torch.Tensor, d: LayerDelta) -> torch.Tensor:
+    """``out`` (a Linear's output for ``x``, ``[..., out]``) plus the delta on its slice, in place; returns ``out``."""
+    delta = linear_delta(x, d).to(out.dtype)
+    if d.out_slice is None:
+        return out.add_(delta)
+    offset, size = d.out_slice
+    out[..., offset : offset + size].add_(delta)
     return out
 
 
