@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._api import io
-from .adapters import training
+from .adapters import lora_save, training
 from .core import training as core
 
 
@@ -126,7 +126,7 @@ class DiffStylerTrainStyleLoRA(io.ComfyNode):
         result = training.train_style_lora(model, clip, vae, image, prompt, cfg)
         lora = result.state_dict()
         if stem:
-            training.save_lora_file(lora, stem, training.lora_metadata(cfg, prompt, result.targets))
+            lora_save.save_lora_file(lora, stem, lora_save.lora_metadata(cfg, prompt, result.targets))
         curve = core.plot_loss_curve(result.losses, title=f"style LoRA loss, {cfg.targets}, rank {cfg.rank}")
         return io.NodeOutput(lora, curve)
 

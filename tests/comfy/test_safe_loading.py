@@ -193,7 +193,7 @@ def test_fastsam_without_safe_loading_warns_and_still_loads(comfy_home, fastsam,
 
 
 def test_every_loader_refuses_names_that_leave_their_folder(comfy_home, pack, tiny, fastsam, tmp_path, cleanup):
-    from comfyui_diffstyler.nodes.adapters import training
+    from comfyui_diffstyler.nodes.adapters import lora_save
     from comfyui_diffstyler.nodes.segment import DiffStylerFastSAMLoader, DiffStylerFastSAMMask
     from comfyui_diffstyler.nodes.style import DiffStylerStyleLoRA
     from comfyui_diffstyler.nodes.train import DiffStylerTrainStyleLoRA
@@ -222,7 +222,7 @@ def test_every_loader_refuses_names_that_leave_their_folder(comfy_home, pack, ti
         message = DiffStylerTrainStyleLoRA.validate_inputs(save_name=bad)
         assert isinstance(message, str) and message.startswith("save_name: ") and "plain file name" in message, bad
         with pytest.raises(ValueError, match=r"save_name: .* is not a plain file name"):
-            training.save_lora_file({"x": torch.zeros(1)}, bad)
+            lora_save.save_lora_file({"x": torch.zeros(1)}, bad)
     assert not (tmp_path / "x.safetensors").exists() and not (comfy_home.models / "x.safetensors").exists()
 
 
