@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 
-import comfy_host
 import numpy as np
 import pytest
 import torch
+from comfyui_diffstyler.nodes.harness import executor as comfy_host
 from PIL import Image
 
 PROMPT = "painting of <sss>"

@@ -1,7 +1,7 @@
 """Shipped example workflows and the headless runner (issue #6).
 
 Every file in workflows/ is checked against the live node specs (links, socket types, one widget value per
-frontend widget), converted to an API prompt with tests/support/workflow_tools.py and run end to end through
+frontend widget), converted to an API prompt with the harness (nodes/harness/workflow.py) and run end to end through
 ComfyUI's PromptExecutor on the tiny models. The runner (scripts/diffstyler_run.py) runs in a subprocess as
 the README tells users to run it (demo mode), with options, and with bad input.
 """
@@ -21,7 +21,7 @@ import photo_fixtures as pf
 import pytest
 import safetensors.torch
 import scipy.ndimage
-import workflow_tools as wt
+from comfyui_diffstyler.nodes.harness import workflow as wt
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -396,7 +396,7 @@ def test_runner_ranges_are_the_node_inputs_ranges(infos):
     }
     assert set(targets) | {"--max-size"} == set(runner.RANGES)
     for flag, (node, name) in targets.items():
-        spec = wt._spec(infos[node], name)[1]
+        spec = wt.input_spec(infos[node], name)[1]
         assert runner.RANGES[flag][:2] == (spec["min"], spec["max"]), flag
 
 
