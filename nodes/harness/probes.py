@@ -11,13 +11,14 @@ import os
 import socket
 
 
-def count_unet_calls(model, key: str = "diffstyler-count", on_call=None) -> list[int]:
+def count_unet_calls(model, key: str = "diffstyler-count", on_call=None, calls: list | None = None) -> list[int]:
     """Add a keyed DIFFUSION_MODEL wrapper to ``model`` (a ModelPatcher) that records each UNet call's batch size
-    (its rows; ``sum()`` of the list is the rows run). ``on_call(n)`` runs before the n-th call (1-based) goes
-    through. Returns the (live) list of batch sizes."""
+    (its rows; ``sum()`` of the list is the rows run) in ``calls`` (a new list when None: pass one list to count
+    several models together). ``on_call(n)`` runs before the n-th call (1-based) goes through. Returns the (live)
+    list of batch sizes."""
     import comfy.patcher_extension
 
-    calls: list[int] = []
+    calls = [] if calls is None else calls
 
     def wrapper(executor, x, *args, **kwargs):
         calls.append(int(x.shape[0]))
