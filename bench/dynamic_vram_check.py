@@ -40,17 +40,7 @@ def check_graphs(checkpoint: str, mode: str) -> dict[str, dict]:
     def styled(hooked: bool) -> dict:
         p = graphs.two_style_prompt(checkpoint, steps=STEPS)
         p["17"] = {"class_type": "SaveLatent", "inputs": {"samples": ["15", 0], "filename_prefix": ""}}
-        if hooked:
-            p["20"] = {
-                "class_type": "CreateHookLora",
-                "inputs": {"lora_name": graphs.LORA_NAMES[0], "strength_model": 0.7, "strength_clip": 0.0},
-            }
-            p["21"] = {
-                "class_type": "SetClipHooks",
-                "inputs": {"clip": ["1", 1], "apply_to_conds": True, "schedule_clip": False, "hooks": ["20", 0]},
-            }
-            p["9"]["inputs"]["clip"] = ["21", 0]
-        return p
+        return graphs.hook_negative(p) if hooked else p
 
     train = graphs.train_lora_prompt(
         checkpoint, graphs.CONTENT_IMAGE, f"dynamic_check_{mode}", steps=6, learning_rate=1e-3, rank=4

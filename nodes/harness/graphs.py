@@ -3,6 +3,8 @@
 * :func:`two_style_prompt` - the two-style DiffStyler graph (checkpoint -> DDIM Inversion -> two Style LoRA
   Loaders -> Injector -> Masked Feature Fusion Sampler -> VAE Decode -> Preview/Save Image); its pictures and LoRA
   files come from :func:`write_two_style_inputs`.
+* :func:`hook_negative` - the two-style graph with its negative prompt from a hooked CLIP (CreateHookLora +
+  SetClipHooks).
 * :func:`core_ksampler_prompt` - a plain core KSampler graph.
 * :func:`train_lora_prompt` - Train Style LoRA on a picture in the input folder.
 
@@ -116,6 +118,21 @@ def two_style_prompt(
         "16": {"class_type": "VAEDecode", "inputs": {"samples": ["15", 0], "vae": ["2", 0]}},
         "17": out,
     }
+
+
+def hook_negative(prompt: dict, strength: float = 0.7) -> dict:
+    """:func:`two_style_prompt`'s graph with its negative prompt (node "9") encoded by a CLIP that carries a hook
+    LoRA (style 1's file, model strength ``strength``), as CreateHookLora + SetClipHooks make it; in place."""
+    prompt["20"] = {
+        "class_type": "CreateHookLora",
+        "inputs": {"lora_name": LORA_NAMES[0], "strength_model": strength, "strength_clip": 0.0},
+    }
+    prompt["21"] = {
+        "class_type": "SetClipHooks",
+        "inputs": {"clip": ["1", 1], "apply_to_conds": True, "schedule_clip": False, "hooks": ["20", 0]},
+    }
+    prompt["9"]["inputs"]["clip"] = ["21", 0]
+    return prompt
 
 
 def core_ksampler_prompt(checkpoint: str, model_from=("1", 0), seed: int = 3, steps: int = 4, prefix="k") -> dict:
