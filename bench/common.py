@@ -1,59 +1,32 @@
-"""Shared set-up for the benchmarks: ComfyUI in-process, the pack as a package, full-size random models."""
+"""Shared set-up for the benchmarks: ComfyUI in-process through the pack's harness, full-size random models, meters.
+
+Every bench imports this module first: it makes the pack the package ``comfyui_diffstyler`` (the pack root never
+goes on sys.path) so that the bench reaches the harness (``nodes/harness``) and the pack's nodes by that name.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import sys
+import runpy
+import statistics
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACK = "comfyui_diffstyler"
-SUPPORT = ROOT / "tests" / "support"  # comfy_host: how ComfyUI hosts differ (shared with the tests and the runner)
+runpy.run_path(str(ROOT / "nodes" / "harness" / "host.py"))["load_pack"]()
 
-SD15_FULL = {
-    "use_checkpoint": False,
-    "image_size": 32,
-    "out_channels": 4,
-    "use_spatial_transformer": True,
-    "legacy": False,
-    "adm_in_channels": None,
-    "in_channels": 4,
-    "model_channels": 320,
-    "num_res_blocks": [2, 2, 2, 2],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "channel_mult": [1, 2, 4, 4],
-    "transformer_depth_middle": 1,
-    "use_linear_in_transformer": False,
-    "context_dim": 768,
-    "num_heads": 8,
-    "num_head_channels": -1,
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "use_temporal_resblock": False,
-    "use_temporal_attention": False,
-}
+from comfyui_diffstyler.nodes.harness import executor, host, tiny  # noqa: E402 - the pack is a package from here
+
+ATTENTION = host.ATTENTION  # --attention choices
 
 
-def find_comfyui() -> Path:
-    for c in (
-        os.environ.get("COMFYUI_PATH"),
-        ROOT.parent.parent if ROOT.parent.name == "custom_nodes" else None,
-        Path.home() / "ComfyUI",
-    ):
-        if c and (Path(c) / "comfy" / "model_management.py").is_file():
-            return Path(c).resolve()
-    raise SystemExit("ComfyUI not found: set COMFYUI_PATH")
-
-
-ATTENTION = {  # --attention choice -> the ComfyUI command-line flag it stands for
-    "default": None,
-    "pytorch": "use_pytorch_cross_attention",
-    "sub_quad": "use_quad_cross_attention",
-    "split": "use_split_cross_attention",
-}
+def comfyui_root() -> Path:
+    """The ComfyUI the benches run on (the harness's rule: $COMFYUI_PATH, the one holding the pack, ~/ComfyUI)."""
+    root = host.find_comfyui()
+    if root is None:
+        raise SystemExit(host.NOT_FOUND)
+    return root
 
 
 def setup(cpu: bool, attention: str = "default"):
@@ -62,39 +35,15 @@ def setup(cpu: bool, attention: str = "default"):
     ``attention`` picks ComfyUI's attention backend as its command-line flags do (``default``: what ComfyUI
     chooses for the device: PyTorch SDPA on NVIDIA, sub-quadratic attention on the CPU).
     """
-    root = str(find_comfyui())
-    if root in sys.path:
-        sys.path.remove(root)
-    sys.path.insert(0, root)
-    import comfy.options
+    host.import_comfy(comfyui_root(), cpu=True if cpu else None, attention=attention)
+    import comfy.model_management  # noqa: F401 - after the device is set
 
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-    import torch
-
-    comfy.cli_args.args.cpu = cpu or not torch.cuda.is_available()
-    if ATTENTION[attention]:
-        setattr(comfy.cli_args.args, ATTENTION[attention], True)
-    import comfy.model_management  # noqa: F401
-    import utils.extra_config  # noqa: F401
-
-    if PACK not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            PACK, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[PACK] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[PACK]
+    return host.load_pack()
 
 
-def make_executor(server):
-    """ComfyUI's ``PromptExecutor`` (classic cache) on any tested host: see tests/support/comfy_host.py."""
-    if str(SUPPORT) not in sys.path:
-        sys.path.insert(0, str(SUPPORT))
-    import comfy_host
-
-    return comfy_host.make_executor(server)
+def make_executor(server=None):
+    """ComfyUI's ``PromptExecutor`` (classic cache) on any tested host (see nodes/harness/executor.py)."""
+    return executor.make_executor(server)
 
 
 def full_sd15(seed: int = 0, channels: int = 320):
@@ -110,7 +59,7 @@ def full_sd15(seed: int = 0, channels: int = 320):
 
     dev = mm.get_torch_device()
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    config = comfy.supported_models.SD15(dict(SD15_FULL, model_channels=channels))
+    config = comfy.supported_models.SD15(tiny.sd15_unet_config(channels, context_dim=768, num_heads=8))
     config.set_inference_dtype(dtype, None)
     model = config.get_model({}, device=dev)
     g = torch.Generator(device=dev).manual_seed(seed)
@@ -143,30 +92,24 @@ def copy_unet(patcher):
 
 
 def random_cond(seed: int, tokens: int = 77, dim: int = 768):
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(1, tokens, dim, generator=g), {}]]
+    return tiny.plain_conditioning(seed, tokens=tokens, dim=dim)
 
 
 def random_lora(model, rank: int = 16, seed: int = 0, scale: float = 0.3) -> dict:
-    """A kohya-format LoRA on every attention projection of ``model``."""
-    import torch
+    """A kohya-format LoRA on every attention projection of ``model`` (alpha = rank)."""
+    return tiny.random_lora(model, rank=rank, seed=seed, scale=scale, alpha=rank)
 
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, w in model.model.state_dict().items():
-        if not (
-            key.startswith("diffusion_model.")
-            and key.endswith(".weight")
-            and any(p in key for p in (".to_q.", ".to_k.", ".to_v.", ".to_out.0."))
-        ):
-            continue
-        base = "lora_unet_" + key[len("diffusion_model.") : -len(".weight")].replace(".", "_")
-        out[base + ".lora_down.weight"] = torch.randn(rank, w.shape[1], generator=g) * scale / math.sqrt(w.shape[1])
-        out[base + ".lora_up.weight"] = torch.randn(w.shape[0], rank, generator=g) * scale / math.sqrt(rank)
-        out[base + ".alpha"] = torch.tensor(float(rank))
-    return out
+
+def count_rows(patcher) -> tuple[object, list[int]]:
+    """A clone of ``patcher`` and the live list of the rows of each UNet call it makes (a MODEL style's own UNet,
+    an additional model of the clone, counted in the same list): rows per step are measured, not assumed."""
+    from comfyui_diffstyler.nodes.harness.probes import count_unet_calls
+
+    clone = patcher.clone()
+    calls = count_unet_calls(clone, "diffstyler_bench_rows")
+    for extra in clone.get_additional_models_with_key("diffstyler_style_models"):
+        count_unet_calls(extra, "diffstyler_bench_rows", calls=calls)
+    return clone, calls
 
 
 def stripes(k: int, size: int):
@@ -277,3 +220,30 @@ class KernelCount:
     def __exit__(self, *exc):
         self._modes.pop().__exit__(*exc)
         return False
+
+
+def timed(fn, device, repeats: int, warmup: int = 1):
+    """``(median seconds of `repeats` runs of fn() after `warmup` untimed runs, the last result)``."""
+    import torch
+
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def kernels_per_step(fn, steps: int) -> tuple[float, float]:
+    """ATen operations that launch work, and host reads of device values among them, per sampling step, in one
+    more (untimed) run of ``fn``."""
+    with KernelCount() as kc:
+        fn()
+    return kc.n / steps, kc.syncs / steps

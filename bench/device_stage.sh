@@ -2,8 +2,8 @@
 # Prepares, on this machine, what bench/device_check.sh needs on a lent GPU machine (no registry there):
 #   .comfy/  ComfyUI v0.8.0 without .git, tests and custom nodes (17 MB)
 #   .whl/    the wheels of ComfyUI's requirements the device image lacks (torchsde, trampoline, av; 35 MB)
-#   .comfy33/, .whl33/  the same for ComfyUI v0.33.0 (~/ComfyUI-v0.33; its comfy-aimdo for dynamic VRAM, and pytest,
-#            which the dynamic VRAM check's set-up imports; about 60 MB together)
+#   .comfy33/, .whl33/  the same for ComfyUI v0.33.0 (~/ComfyUI-v0.33; its comfy-aimdo for dynamic VRAM; about 60 MB
+#            together)
 # All are ignored by git (.git/info/exclude) and travel with the device tool's carry: [".comfy", ".whl"], then
 # [".comfy33", ".whl33"] for the dynamic VRAM check.
 # Then: run(command="bash bench/device_check.sh", carry=[".comfy", ".whl"], timeout_s=560) and
@@ -31,5 +31,5 @@ fi
 mkdir -p .whl33
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl33 \
-  torchsde==0.2.6 trampoline==0.1.2 av==18.1.0 comfy-aimdo==0.4.13 blake3 simpleeval pytest pluggy iniconfig pygments
+  torchsde==0.2.6 trampoline==0.1.2 av==18.1.0 comfy-aimdo==0.4.13 blake3 simpleeval
 du -sh .comfy .whl .comfy33 .whl33

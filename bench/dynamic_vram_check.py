@@ -27,57 +27,25 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SUPPORT = ROOT / "tests" / "support"
-sys.path.insert(0, str(SUPPORT))
-
-import reliability_tools as rt  # noqa: E402 - needs tests/support on sys.path
+import common
+from comfyui_diffstyler.nodes.harness import demo, graphs, host
+from comfyui_diffstyler.nodes.harness import server as cs
 
 STEPS = 4
 
 
-def graphs(checkpoint: str, mode: str) -> dict[str, dict]:
+def check_graphs(checkpoint: str, mode: str) -> dict[str, dict]:
     """API prompts by name; each writes its result under a name that holds ``mode``."""
 
     def styled(hooked: bool) -> dict:
-        p = rt.two_style_prompt(checkpoint, steps=STEPS)
+        p = graphs.two_style_prompt(checkpoint, steps=STEPS)
         p["17"] = {"class_type": "SaveLatent", "inputs": {"samples": ["15", 0], "filename_prefix": ""}}
-        if hooked:
-            p["20"] = {
-                "class_type": "CreateHookLora",
-                "inputs": {"lora_name": rt.LORA_NAMES[0], "strength_model": 0.7, "strength_clip": 0.0},
-            }
-            p["21"] = {
-                "class_type": "SetClipHooks",
-                "inputs": {"clip": ["1", 1], "apply_to_conds": True, "schedule_clip": False, "hooks": ["20", 0]},
-            }
-            p["9"]["inputs"]["clip"] = ["21", 0]
-        return p
+        return graphs.hook_negative(p) if hooked else p
 
-    train = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
-        "2": {"class_type": "DiffStylerTestTinyVAE", "inputs": {"seed": 0}},
-        "3": {"class_type": "LoadImage", "inputs": {"image": rt.CONTENT_IMAGE}},
-        "4": {
-            "class_type": "DiffStylerTrainStyleLoRA",
-            "inputs": {
-                "model": ["1", 0],
-                "clip": ["1", 1],
-                "vae": ["2", 0],
-                "image": ["3", 0],
-                "prompt": "painting of <sss>",
-                "steps": 6,
-                "learning_rate": 1e-3,
-                "rank": 4,
-                "targets": "attention",
-                "seed": 0,
-                "resolution": 64,
-                "save_name": f"dynamic_check_{mode}",
-            },
-        },
-        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 1]}},
-    }
-    plain = rt.core_ksampler_prompt(checkpoint)  # its KSampler is "k6"; save the latent instead of the preview
+    train = graphs.train_lora_prompt(
+        checkpoint, graphs.CONTENT_IMAGE, f"dynamic_check_{mode}", steps=6, learning_rate=1e-3, rank=4
+    )
+    plain = graphs.core_ksampler_prompt(checkpoint)  # its KSampler is "k6"; save the latent instead of the preview
     plain["k8"] = {"class_type": "SaveLatent", "inputs": {"samples": ["k6", 0], "filename_prefix": ""}}
     del plain["k7"]
     out = {"styled": styled(False), "hooked": styled(True), "train": train, "ksampler_after": plain}
@@ -89,13 +57,10 @@ def graphs(checkpoint: str, mode: str) -> dict[str, dict]:
 
 
 def run_server(mode: str, base: Path, cpu: bool, checkpoint: str) -> str:
-    import comfy_server as cs
-    import conftest
-
     extra = ("--disable-dynamic-vram",) if mode == "classic" else ()
-    server = cs.start(conftest.COMFYUI, base, ROOT, SUPPORT, extra_args=extra, cpu=cpu)
+    server = cs.start(common.comfyui_root(), base, extra_args=extra, cpu=cpu)
     try:
-        for name, prompt in graphs(checkpoint, mode).items():
+        for name, prompt in check_graphs(checkpoint, mode).items():
             status, body = server.post("/prompt", {"prompt": prompt, "client_id": "dynamic-check"})
             if status != 200:
                 raise SystemExit(f"FAIL: {mode} {name}: /prompt answered {status}: {json.dumps(body)[:2000]}")
@@ -142,8 +107,9 @@ def main() -> int:
     ap.add_argument("--cpu", action="store_true", help="run the plumbing on the CPU (no dynamic VRAM there)")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="diffstyler_dynamic_"))
-    home, tiny = rt.bootstrap(base)  # in-process ComfyUI on the CPU: writes the tiny checkpoint, LoRAs, pictures
-    rt.write_two_style_inputs(home, tiny.model)
+    home = host.setup(common.comfyui_root(), base)  # in-process ComfyUI on the CPU: the tiny checkpoint, LoRAs
+    tiny = demo.tiny_models(home)
+    graphs.write_two_style_inputs(home, tiny.model)
     out = args.out or base
     out.mkdir(parents=True, exist_ok=True)
     problems = []

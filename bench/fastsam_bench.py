@@ -7,7 +7,7 @@ Measured side by side in one run, on one predictor:
 - ``node``: the whole FastSAM Mask node (``segment`` with device placement, selection, preview, UI images).
 
 A random YOLOv8s-seg detects nothing, which would leave out the per-detection mask work. The ``dense``
-rows therefore use the test suite's head-bias trick (tests/support/fastsam_fixtures.py): every anchor
+rows therefore use the test models' head-bias trick (nodes/harness/tiny_fastsam.py): every anchor
 scores 0.88 and a few hundred masks come out, about what FastSAM finds in a busy photo. Weights are random,
 so only timings mean anything here. Nothing is downloaded; files go to a temporary folder.
 
@@ -20,14 +20,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import common
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def setup_comfy(cpu: bool, temp: Path):
@@ -37,7 +34,6 @@ def setup_comfy(cpu: bool, temp: Path):
 
     folder_paths.set_temp_directory(str(temp / "temp"))
     folder_paths.add_model_folder_path("fastsam", str(temp / "fastsam"), is_default=True)
-    sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 
 def timed(fn, repeats: int, warmup: int) -> list[float]:
@@ -69,7 +65,6 @@ def main() -> None:
         setup_comfy(args.cpu, tmp_path)
 
         import comfy.model_management
-        import fastsam_fixtures as ff
         import numpy as np
         import torch
         import ultralytics
@@ -77,6 +72,7 @@ def main() -> None:
         from comfyui_diffstyler.nodes.adapters import fastsam_model as fastsam
         from comfyui_diffstyler.nodes.core.fastsam_images import to_uint8
         from comfyui_diffstyler.nodes.core.fastsam_prompts import MaskRequest
+        from comfyui_diffstyler.nodes.harness import tiny_fastsam as ff
 
         fastsam.import_ultralytics()
         ff.save_fastsam(tmp_path / "fastsam" / "random.pt", seed=0, class_bias=None)

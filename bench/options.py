@@ -20,48 +20,6 @@ import time
 import common
 
 
-def masks_for(k: int, size: int):
-    import torch
-
-    out = []
-    a = torch.zeros(1, size, size)
-    a[:, :, : size * 5 // 8] = 1.0
-    a[:, :, size * 5 // 8 : size * 5 // 8 + 6] = torch.linspace(0.6, 0.05, 6)
-    out.append(a)
-    b = torch.zeros(1, size, size)
-    b[:, size // 4 :, size * 3 // 8 :] = 1.0
-    out.append(b)
-    c = torch.zeros(1, size, size)
-    c[:, size // 8 : size // 2, size // 8 : size // 2] = 0.3
-    out.append(c)
-    return out[:k]
-
-
-def counting(patcher):
-    import comfy.patcher_extension
-
-    counter = {"rows": 0, "calls": 0}
-
-    def count_rows(executor, x, *args, **kwargs):
-        counter["rows"] += int(x.shape[0])
-        counter["calls"] += 1
-        return executor(x, *args, **kwargs)
-
-    clone = patcher.clone()
-    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "diffstyler_bench_rows", count_rows)
-    return clone, counter
-
-
-def plain_released(model, x_t, steps, pos, neg, cfg):
-    """ComfyUI's ddim sampler from ``x_t`` with the released last step: the tests' ``dst_core.plain_ddim``."""
-    import sys
-
-    sys.path.insert(0, str(common.ROOT / "tests" / "support"))
-    import dst_core
-
-    return dst_core.plain_ddim(model, x_t, steps, pos, neg, cfg)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=64)
@@ -75,9 +33,8 @@ def main():
     import torch
     from comfyui_diffstyler.nodes.adapters import inversion
     from comfyui_diffstyler.nodes.core.schedule import GRIDS
-    from comfyui_diffstyler.nodes.inject import DiffStylerCrossLoRAInjector
-    from comfyui_diffstyler.nodes.sample import DiffStylerMaskedFusionSampler
-    from comfyui_diffstyler.nodes.style import DiffStylerStyleLoRA
+    from comfyui_diffstyler.nodes.harness import styles as run
+    from comfyui_diffstyler.nodes.harness.probes import plain_ddim
 
     model = common.full_sd15(channels=args.channels)
     h = args.size // 8
@@ -96,7 +53,7 @@ def main():
         sec = time.perf_counter() - t
         invs[grid] = inv
         x_t = inversion.latent_out(model, inv.trajectory[0])
-        back = plain_released(model, x_t, args.steps, empty, empty, 1.0)
+        back = plain_ddim(model, x_t, args.steps, empty, empty, 1.0)
         err = float((back - latent).norm() / latent.norm())
         res["grids"][grid] = {"unet_rows": inv.unet_rows, "seconds": sec, "reconstruction_rel_err": err}
     t0 = time.perf_counter()
@@ -108,25 +65,18 @@ def main():
     }
 
     for k in ks:
-        styles = None
-        for i, m in enumerate(masks_for(k, args.size)):
-            styles = DiffStylerStyleLoRA.execute("None", 1.0, pos[i + 1], m, lora=loras[i], styles=styles).args[0]
+        styles = run.chain_styles(loras[:k], pos[1 : k + 1], run.overlapping_masks(k, args.size))
         x_t = inversion.latent_out(model, invs["fine"].trajectory[0])
-        plain = plain_released(model, x_t, args.steps, pos[0], neg, args.cfg)
+        plain = plain_ddim(model, x_t, args.steps, pos[0], neg, args.cfg)
 
-        def run(inject=None, background="exact", masks="hard", inv="fine", fusion="noise"):
+        def run_case(inject=None, background="exact", masks="hard", inv="fine", fusion="noise"):
             opts = dict(inject or {})
             lora_in = opts.pop("lora_in_injected_attention", False)
-            patched = DiffStylerCrossLoRAInjector.execute(
-                model, styles, 0.6, 0.5, "adaptive", lora_in, fusion, **opts
-            ).args[0]
-            patched, counter = counting(patched)
+            patched, rows = common.count_rows(run.inject(model, styles, lora_in, fusion=fusion, **opts))
             use = cached if inv == "cache" else invs[inv]
             t = time.perf_counter()
-            out = DiffStylerMaskedFusionSampler.execute(
-                patched, use, pos[0], neg, args.cfg, background, styles, masks
-            ).args[0]["samples"]
-            return out, time.perf_counter() - t, counter["rows"] / args.steps
+            out = run.sample(patched, use, styles, pos[0], neg, args.cfg, background, masks)
+            return out, time.perf_counter() - t, sum(rows) / args.steps
 
         cases = {
             "defaults (background exact)": {},
@@ -139,11 +89,11 @@ def main():
             "feature_cache (fp32)": {"inv": "cache"},
             "feature_cache + fusion = feature": {"inv": "cache", "fusion": "feature"},
         }
-        base, base_t, _rows = run()
-        base, base_t, base_rows = run()  # timed after a warm-up
+        base, base_t, _rows = run_case()
+        base, base_t, base_rows = run_case()  # timed after a warm-up
         effect = float((base - plain).norm())
         for name, kw in cases.items():
-            out, sec, rows = run(**kw)
+            out, sec, rows = run_case(**kw)
             if name.startswith("defaults"):
                 out, sec, rows = base, base_t, base_rows
             res["options"][f"{name} | k={k}"] = {
@@ -153,7 +103,7 @@ def main():
                 "time_x_defaults": sec / base_t,
             }
         # background=model is the released reference for the exact background's deviation
-        model_out, _s, model_rows = run(background="model")
+        model_out, _s, model_rows = run_case(background="model")
         res["options"][f"background = model (released) | k={k}"]["rows_per_step"] = model_rows
 
     print(f"\nInversion grids ({args.steps} sampling steps, {args.size}px, model_channels {args.channels}):")

@@ -1,11 +1,11 @@
 """Each named option's deviation from the defaults on the tests' tiny SD1.5 model (issue: fidelity).
 
-The fidelity tests' set-up (tests/comfy/test_fidelity.py: the tiny SD1.5 checkpoint, a 64x64 content picture,
-10 steps, cfg 10.5, random LoRAs, overlapping masks with a feathered edge). For every option: the final latent's
-``|option - defaults| / |defaults|``, the same over the style effect ``|defaults - plain DDIM|`` and the UNet rows
-per step, k = 1 and 2, in one run. Then ``background = exact`` against the released ``background = model``
-inside the styled region (the union of the hard masks at latent size): how much the kept background moves the
-styled regions. ``bench/options.py`` gives the grids' cost on a narrow SD1.5 UNet.
+The fidelity tests' set-up (tests/comfy/test_fidelity.py, through the pack's harness: the tiny SD1.5 checkpoint,
+a 64x64 content picture, 10 steps, cfg 10.5, random LoRAs, overlapping masks with a feathered edge). For every
+option: the final latent's ``|option - defaults| / |defaults|``, the same over the style effect
+``|defaults - plain DDIM|`` and the UNet rows per step, k = 1 and 2, in one run. Then ``background = exact`` against
+the released ``background = model`` inside the styled region (the union of the hard masks at latent size): how much
+the kept background moves the styled regions. ``bench/options.py`` gives the grids' cost on a narrow SD1.5 UNet.
 
     python bench/options_tiny.py
 """
@@ -14,40 +14,30 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 import tempfile
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import common
 
 
 def main():
-    for p in (ROOT / "tests", ROOT / "tests" / "support", ROOT / "tests" / "comfy"):
-        sys.path.insert(0, str(p))
-    import comfy_setup
-    import conftest
+    from comfyui_diffstyler.nodes.harness import demo, host
 
-    home = comfy_setup.setup(conftest.find_comfyui(), pathlib.Path(tempfile.mkdtemp()))
-    tiny = comfy_setup.tiny_models(home)
+    home = host.setup(common.comfyui_root(), pathlib.Path(tempfile.mkdtemp()))
+    tiny = demo.tiny_models(home)
     import logging
 
     logging.getLogger().setLevel(logging.WARNING)
-    import comfy.patcher_extension
     import comfy.utils
-    import dst_core
-    import test_fidelity as tf
     import torch
-    from comfyui_diffstyler.nodes import inject, sample, style
     from comfyui_diffstyler.nodes.adapters import inversion
     from comfyui_diffstyler.nodes.core.masks import region_mask_latent
     from comfyui_diffstyler.nodes.core.schedule import GRIDS
+    from comfyui_diffstyler.nodes.harness.probes import count_unet_calls, plain_ddim
+    from comfyui_diffstyler.nodes.harness.styles import overlapping_masks, run_styles
+    from comfyui_diffstyler.nodes.harness.tiny import random_lora
 
     comfy.utils.set_progress_bar_enabled(False)
 
-    class M:
-        pass
-
-    m = M()
-    m.inv, m.inject, m.sample, m.style = inversion, inject, sample, style
     img = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
     lat = tiny.vae.encode(img).float()
 
@@ -60,30 +50,28 @@ def main():
         "neg": enc("ugly, blurry, black, low res, unrealistic"),
         "styles": [enc("painting of <sss>, deer, grass"), enc("sketch of grass"), enc("mosaic of a deer")],
     }
-    rows = {"n": 0}
-
-    def count(ex, x, *a, **kw):
-        rows["n"] += int(x.shape[0])
-        return ex(x, *a, **kw)
-
     model = tiny.model.clone()
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "bench_rows", count)
-    case = tf.Case("sd15", model, lat, prompts)
+    calls = count_unet_calls(model, "bench_rows")
+    loras = [random_lora(model, seed=40 + i, scale=1.5) for i in range(3)]  # the fidelity tests' LoRAs
     invs = {g: inversion.invert(model, lat, 10, prompts["empty"], disable_pbar=True, grid=g) for g in GRIDS}
     cached = inversion.invert(model, lat, 10, prompts["empty"], disable_pbar=True, cache_dtype="fp32")
     out = {}
     for k in (1, 2):
 
         def run(inv="fine", **kw):
-            rows["n"] = 0
+            calls.clear()
             bg = kw.pop("background", "exact")
             use = cached if inv == "cache" else invs[inv]
-            r = tf.run_pack(m, case, k, bg, use, **kw)
-            return r, rows["n"] / 10
+            lora_in = kw.pop("lora_in_attention", False)
+            masks = kw.pop("masks", "hard")
+            got = run_styles(
+                model, use, loras[:k], prompts, overlapping_masks(k), bg, masks, lora_in_attention=lora_in, **kw
+            )
+            return got, sum(calls) / 10
 
         base, base_rows = run()
         x_t = inversion.latent_out(model, invs["fine"].trajectory[0])
-        plain = dst_core.plain_ddim(tiny.model, x_t, 10, prompts["base"], prompts["neg"], 10.5)
+        plain = plain_ddim(tiny.model, x_t, 10, prompts["base"], prompts["neg"], 10.5)
         effect = float((base - plain).norm())
         cases = {
             "defaults (background exact)": {},
@@ -113,7 +101,7 @@ def main():
             }
         # background = exact vs the released model background, inside the styled region only
         exact = base
-        region = region_mask_latent(tf.overlapping_masks(k), *lat.shape[-2:]).to(exact.dtype)
+        region = region_mask_latent(overlapping_masks(k), *lat.shape[-2:]).to(exact.dtype)
         inside = float(((exact - model_bg) * region).norm() / (model_bg * region).norm())
         plain_in = float(((model_bg - plain) * region).norm())
         out[f"background exact vs model, inside the masks | k={k}"] = {

@@ -35,187 +35,14 @@ prints one JSON object as the last line.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import os
-import statistics
-import time
 
 import common
-
-WARMUP = 1  # set from --warmup
-
-
-def timed(fn, device, repeats: int, warmup: int | None = None):
-    import torch
-
-    out = None
-    for _ in range(WARMUP if warmup is None else warmup):
-        out = fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
-
-
-def kernels_per_step(fn, steps: int) -> tuple[float, float]:
-    """ATen operations that launch work, and host reads of device values among them, per sampling step, in one
-    more (untimed) run of ``fn``."""
-    with common.KernelCount() as kc:
-        fn()
-    return kc.n / steps, kc.syncs / steps
-
-
-def counting(patcher):
-    """A clone of ``patcher`` that counts the rows of every UNet call: rows per step are measured, not assumed."""
-
-    counter = {"rows": 0}
-    clone = patcher.clone()
-    count_into(clone, counter)
-    # a MODEL style's own UNet (an additional model of the patched MODEL): its rows count too
-    for extra in clone.get_additional_models_with_key("diffstyler_style_models"):
-        count_into(extra, counter)
-    return clone, counter
-
-
-def count_into(patcher, counter: dict) -> None:
-    """Add the rows of every UNet call of ``patcher`` to ``counter["rows"]``."""
-    import comfy.patcher_extension
-
-    def count_rows(executor, x, *args, **kwargs):
-        counter["rows"] += int(x.shape[0])
-        return executor(x, *args, **kwargs)
-
-    patcher.add_wrapper_with_key(
-        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "diffstyler_bench_rows", count_rows
-    )
-
-
-def reference_copies(model, loras, strength=1.0):
-    """k+1 UNet copies (base first), each with one style's LoRA merged into its weights."""
-    import torch
-
-    copies = [model.model]
-    for lora in loras:
-        c = common.copy_unet(model)
-        sd = c.state_dict()
-        with torch.no_grad():
-            for key, w in sd.items():
-                base = "lora_unet_" + key[len("diffusion_model.") : -len(".weight")].replace(".", "_")
-                if base + ".lora_down.weight" in lora:
-                    down = lora[base + ".lora_down.weight"].to(w.device, torch.float32)
-                    up = lora[base + ".lora_up.weight"].to(w.device, torch.float32)
-                    alpha = float(lora[base + ".alpha"]) / down.shape[0]
-                    w.add_((strength * alpha * (up @ down)).to(w.dtype))
-        copies.append(c)
-    return copies
-
-
-def reference_sample(copies, inv, empty, neg, pos_list, masks_lat, cfg, counter=None):
-    """The reference loop: every copy runs [content, uncond, cond]; predictions fused by mask, then CFG."""
-    import torch
-    from comfyui_diffstyler.nodes.core.masks import fuse, fusion_weights
-
-    dev = next(copies[0].parameters()).device
-    sigmas = inv.sigmas.to(dev)
-    x = inv.trajectory[0].to(dev)
-    weights, bg_w = fusion_weights([m.to(dev) for m in masks_lat])
-    ctx_e, ctx_n = empty[0][0].to(dev), neg[0][0].to(dev)
-    with torch.no_grad():
-        for i in range(len(sigmas) - 1):
-            s, s_next = sigmas[i], sigmas[i + 1]
-            x_src = inv.content_input_at(s).to(dev)
-            conds, unconds = [], []
-            for c, pos in zip(copies, pos_list):
-                inp = torch.cat([x_src, x, x])
-                ctx = torch.cat([ctx_e, ctx_n, pos[0][0].to(dev)])
-                out = c.apply_model(inp, s.repeat(3), c_crossattn=ctx, transformer_options={})
-                if counter is not None:
-                    counter["rows"] += int(inp.shape[0])
-                unconds.append(out[1:2])
-                conds.append(out[2:3])
-            cond = fuse(conds[1:], weights, conds[0], bg_w)
-            uncond = fuse(unconds[1:], weights, unconds[0], bg_w)
-            den = uncond + (cond - uncond) * cfg
-            x = x + (x - den) / s * (s_next - s)
-    return x
-
-
-def rerun_cost(pack, model, latent, cond, steps, grid="sampling"):
-    """Seconds a second graph run spends when only the sampler-side inputs change (inversion from cache)."""
-    from comfy_api.latest import ComfyExtension, io
-
-    import nodes
-
-    class BenchInputs(io.ComfyNode):
-        @classmethod
-        def define_schema(cls):
-            return io.Schema(
-                node_id="DiffStylerBenchInputs",
-                category="DiffStyler/bench",
-                inputs=[],
-                outputs=[io.Model.Output(), io.Latent.Output(), io.Conditioning.Output()],
-            )
-
-        @classmethod
-        def execute(cls):
-            return io.NodeOutput(model, {"samples": latent}, cond)
-
-    class Ext(ComfyExtension):
-        async def get_node_list(self):
-            return [BenchInputs]
-
-    if "PreviewAny" not in nodes.NODE_CLASS_MAPPINGS:
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    for ext in (asyncio.run(pack.comfy_entrypoint()), Ext()):
-        for cls in asyncio.run(ext.get_node_list()):
-            nodes.NODE_CLASS_MAPPINGS[cls.GET_SCHEMA().node_id] = cls
-
-    class Server:
-        client_id = None
-        last_node_id = None
-        last_prompt_id = None
-
-        def send_sync(self, *a, **k):
-            pass
-
-        def queue_updated(self):
-            pass
-
-    ex = common.make_executor(Server())
-
-    def graph(cfg_marker):
-        return {
-            "1": {"class_type": "DiffStylerBenchInputs", "inputs": {}},
-            "2": {
-                "class_type": "DiffStylerInvert",
-                "inputs": {
-                    "model": ["1", 0],
-                    "latent": ["1", 1],
-                    "steps": steps,
-                    "conditioning": ["1", 2],
-                    "inversion_grid": grid,
-                },
-            },
-            "3": {"class_type": "DiffStylerInversionSigmas", "inputs": {"inversion": ["2", 0]}},
-            "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
-            "5": {"class_type": "PrimitiveFloat", "inputs": {"value": cfg_marker}},
-        }
-
-    times = []
-    for i, marker in enumerate((1.0, 2.0)):
-        p = graph(marker)
-        t = time.perf_counter()
-        ex.execute(p, f"bench-{i}", {}, ["4", "5"])
-        times.append(time.perf_counter() - t)
-    return times
+import graph_rerun
+import reference
+import report
 
 
 def main():
@@ -249,10 +76,8 @@ def main():
     ap.add_argument("--kernels", action="store_true", help="count kernels per step (one more untimed run per case)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    global WARMUP
-    WARMUP = args.warmup
 
-    pack = common.setup(args.cpu, args.attention)
+    common.setup(args.cpu, args.attention)
     import comfy.ldm.modules.attention
     import comfy.model_management as mm
     import torch
@@ -265,6 +90,10 @@ def main():
     import nodes
 
     dev = mm.get_torch_device()
+
+    def timed(fn, repeats: int = args.repeats, warmup: int = args.warmup):
+        return common.timed(fn, dev, repeats, warmup)
+
     ks = [int(k) for k in args.ks.split(",")]
     model = common.full_sd15(channels=args.channels)
     mm.load_models_gpu([model])
@@ -294,9 +123,7 @@ def main():
         "syncs_per_step": {},
     }
 
-    t_inv, inv = timed(
-        lambda: inversion.invert(model, latent, args.steps, empty, disable_pbar=True, grid=args.grid), dev, args.repeats
-    )
+    t_inv, inv = timed(lambda: inversion.invert(model, latent, args.steps, empty, disable_pbar=True, grid=args.grid))
     _, inv_cached = timed(
         lambda: inversion.invert(
             model,
@@ -307,8 +134,7 @@ def main():
             cache_dtype="fp16" if dev.type == "cuda" else "fp32",
             grid=args.grid,
         ),
-        dev,
-        1,
+        repeats=1,
         warmup=0,
     )
     res["inversion_s"] = t_inv
@@ -323,17 +149,16 @@ def main():
                 continue
             t_g, inv_g = timed(
                 lambda grid=grid: inversion.invert(model, latent, args.steps, empty, disable_pbar=True, grid=grid),
-                dev,
-                1,
+                repeats=1,
                 warmup=0,
             )
             res["inversion_rows"][grid], res["inversion_grid_s"][grid] = inv_g.unet_rows, t_g
     res["feature_cache_mb"] = inv_cached.feature_cache.nbytes() / 2**20
     x_t = inversion.latent_out(model, inv.trajectory[0])
 
-    plain_model, plain_rows = counting(model)
+    plain_model, plain_rows = common.count_rows(model)
     n = inv.steps
-    runs_per_case = WARMUP + args.repeats
+    runs_per_case = args.warmup + args.repeats
 
     def plain():
         return nodes.common_ksampler(
@@ -353,24 +178,24 @@ def main():
         )
 
     with common.PeakMemory(dev) as pm:
-        res["plain_s"], _ = timed(plain, dev, args.repeats)
+        res["plain_s"], _ = timed(plain)
     res["peak_mb"]["plain"] = pm.peak / 2**20
     res["peak_rss_mb"]["plain"] = pm.rss / 2**20
-    res["rows_per_step"]["plain"] = plain_rows["rows"] / (runs_per_case * n)
+    res["rows_per_step"]["plain"] = sum(plain_rows) / (runs_per_case * n)
     if args.kernels:
-        res["kernels_per_step"]["plain"], res["syncs_per_step"]["plain"] = kernels_per_step(plain, n)
+        res["kernels_per_step"]["plain"], res["syncs_per_step"]["plain"] = common.kernels_per_step(plain, n)
 
-    def measure(fn, key: str, tag: str, k: int, rows: dict) -> None:
-        """Time ``fn`` and record its time (``res[key][k]``), peak memory, rows per step (from the ``rows`` counter
-        of its model) and, with --kernels, kernels and syncs per step under ``{tag}_k{k}``."""
+    def measure(fn, key: str, tag: str, k: int, rows: list) -> None:
+        """Time ``fn`` and record its time (``res[key][k]``), peak memory, rows per step (``rows``: the live list of
+        the rows of its UNet calls) and, with --kernels, kernels and syncs per step under ``{tag}_k{k}``."""
         with common.PeakMemory(dev) as pm:
-            t, _ = timed(fn, dev, args.repeats)
+            t, _ = timed(fn)
         res.setdefault(key, {})[str(k)] = t
         res["peak_mb"][f"{tag}_k{k}"] = pm.peak / 2**20
         res["peak_rss_mb"][f"{tag}_k{k}"] = pm.rss / 2**20
-        res["rows_per_step"][f"{tag}_k{k}"] = rows["rows"] / (runs_per_case * n)
+        res["rows_per_step"][f"{tag}_k{k}"] = sum(rows) / (runs_per_case * n)
         if args.kernels:
-            kern, syncs = kernels_per_step(fn, n)
+            kern, syncs = common.kernels_per_step(fn, n)
             res["kernels_per_step"][f"{tag}_k{k}"], res["syncs_per_step"][f"{tag}_k{k}"] = kern, syncs
 
     for k in ks:
@@ -395,7 +220,7 @@ def main():
         for tag, use, mdl, key, bg in runs:
             if tag != "diffstyler" and k == 2:
                 continue
-            mdl, rows = counting(mdl)
+            mdl, rows = common.count_rows(mdl)
 
             def ours(use=use, mdl=mdl, styles=styles, bg=bg):
                 return DiffStylerMaskedFusionSampler.execute(mdl, use, pos[0], neg, args.cfg, bg, styles)
@@ -412,7 +237,7 @@ def main():
             restyled = DiffStylerStyleLoRA.execute(
                 "None", 1.0, pos[(i + 2) % len(pos)], masks[i], lora=loras[i], styles=restyled
             ).args[0]
-        again, rows = counting(
+        again, rows = common.count_rows(
             DiffStylerCrossLoRAInjector.execute(model, restyled, 0.6, 0.5, "adaptive", False).args[0]
         )
 
@@ -434,7 +259,7 @@ def main():
             style_unet = common.full_sd15(seed=1, channels=args.channels)  # a second UNet: a fine-tuned checkpoint
             by_model = DiffStylerStyleModel.execute(style_unet, pos[1], masks[0]).args[0]
             for tag, st, key in (("half", half, "diffstyler_half_s"), ("model_style", by_model, "diffstyler_model_s")):
-                mdl, rows = counting(
+                mdl, rows = common.count_rows(
                     DiffStylerCrossLoRAInjector.execute(model, st, 0.6, 0.5, "adaptive", False).args[0]
                 )
 
@@ -446,84 +271,20 @@ def main():
             del style_unet, by_model
         del patched, fused, shared, again, inv_store
         if not args.no_reference:
-            copies = reference_copies(model, loras[:k])
-            ref_rows = {"rows": 0}
+            copies = reference.reference_copies(model, loras[:k])
+            ref_rows: list[int] = []
             masks_lat = [resize_mask_to_latent(m, 1, h, h, "m") for m in masks]
 
-            def reference(copies=copies, masks_lat=masks_lat, k=k, ref_rows=ref_rows):
-                return reference_sample(copies, inv, empty, neg, pos[: k + 1], masks_lat, args.cfg, ref_rows)
+            def reference_run(copies=copies, masks_lat=masks_lat, k=k, ref_rows=ref_rows):
+                return reference.reference_sample(copies, inv, empty, neg, pos[: k + 1], masks_lat, args.cfg, ref_rows)
 
-            with common.PeakMemory(dev) as pm:
-                t, _ = timed(reference, dev, args.repeats)
-            res["reference_s"][str(k)] = t
-            res["peak_mb"][f"reference_k{k}"] = pm.peak / 2**20
-            res["peak_rss_mb"][f"reference_k{k}"] = pm.rss / 2**20
-            res["rows_per_step"][f"reference_k{k}"] = ref_rows["rows"] / (runs_per_case * n)
-            if args.kernels:
-                kern, syncs = kernels_per_step(reference, n)
-                res["kernels_per_step"][f"reference_k{k}"], res["syncs_per_step"][f"reference_k{k}"] = kern, syncs
-            del copies, reference  # the closure holds the copies too
+            measure(reference_run, "reference_s", "reference", k, ref_rows)
+            del copies, reference_run  # the closure holds the copies too
             mm.soft_empty_cache()
-    first, second = rerun_cost(pack, model, latent, empty, args.steps, args.grid)
+    first, second = graph_rerun.rerun_cost(model, latent, empty, args.steps, args.grid)
     res["first_graph_run_s"], res["rerun_inversion_s"] = first, second
 
-    print(
-        f"\nDiffStyler bench: {res['device']}, SD1.5 UNet (random weights, model_channels {args.channels}), "
-        f"{args.size}x{args.size}, "
-        f"{n} DDIM steps, cfg {args.cfg}, {res['attention']}, MALLOC_MMAP_THRESHOLD_ "
-        f"{res['malloc_mmap_threshold'] or 'unset'}, median of {args.repeats} after {args.warmup} "
-        f"warm-up run(s), torch "
-        f"{torch.__version__}, {torch.get_num_threads()} CPU thread(s)"
-    )
-    kern = res["kernels_per_step"]
-    print(
-        f"{'run':<30}{'seconds':>10}{'x plain':>10}{'rows/step':>11}{'peak MB':>10}"
-        + (f"{'kernels/step':>14}{'x plain':>9}{'syncs/step':>12}" if kern else "")
-    )
-
-    def row(name, t, tag):
-        rows = res["rows_per_step"][tag]
-        line = f"{name:<30}{t:>10.3f}{t / res['plain_s']:>10.2f}{rows:>11.1f}{res['peak_mb'][tag]:>10.0f}"
-        if tag in kern:
-            line += f"{kern[tag]:>14.0f}{kern[tag] / kern['plain']:>9.2f}{res['syncs_per_step'][tag]:>12.1f}"
-        print(line)
-
-    row("plain DDIM", res["plain_s"], "plain")
-    for k in ks:
-        row(f"diffstyler k={k}", res["diffstyler_s"][str(k)], f"diffstyler_k{k}")
-        if str(k) in res.get("diffstyler_model_bg_s", {}):
-            row(f"  background model k={k}", res["diffstyler_model_bg_s"][str(k)], f"model_bg_k{k}")
-        if str(k) in res.get("diffstyler_shared_s", {}):
-            row(f"  shared content k={k}", res["diffstyler_shared_s"][str(k)], f"shared_k{k}")
-        if str(k) in res.get("diffstyler_rerun_s", {}):
-            row(f"  re-run (content cache) k={k}", res["diffstyler_rerun_s"][str(k)], f"rerun_k{k}")
-        if str(k) in res.get("diffstyler_half_s", {}):
-            row("  style on 0-0.5 only", res["diffstyler_half_s"][str(k)], f"half_k{k}")
-        if str(k) in res.get("diffstyler_model_s", {}):
-            row("  MODEL style (2 UNets)", res["diffstyler_model_s"][str(k)], f"model_style_k{k}")
-        if str(k) in res.get("diffstyler_cache_s", {}):
-            row(f"  + feature cache k={k}", res["diffstyler_cache_s"][str(k)], f"cache_k{k}")
-        if str(k) in res["diffstyler_fast_s"]:
-            row("  + cache + feat.fusion", res["diffstyler_fast_s"][str(k)], f"fast_k{k}")
-        if str(k) in res["reference_s"]:
-            row(f"reference k={k}", res["reference_s"][str(k)], f"reference_k{k}")
-    for k in ks:
-        if str(k) in res["reference_s"]:
-            speedup = res["reference_s"][str(k)] / res["diffstyler_s"][str(k)]
-            print(f"speed-up over the reference design, k={k}: {speedup:.2f}x")
-    for grid, rows in res["inversion_rows"].items():
-        print(f"inversion on the {grid} grid: {rows} UNet rows, {res['inversion_grid_s'][grid]:.3f} s")
-    print(
-        f"inversion: {res['inversion_s']:.3f} s; feature cache {res['feature_cache_mb']:.1f} MB; graph re-run with "
-        f"unchanged content: {res['rerun_inversion_s']:.3f} s (first run {res['first_graph_run_s']:.3f} s)"
-    )
-    for k, mb in res.get("content_cache_mb", {}).items():
-        per = res["content_cache_mb_per_style_step"][k]
-        print(
-            f"per-style content cache after k={k}: {mb:.1f} MB in all, {per:.2f} MB per style per step in the windows"
-        )
-    if "diffstyler_k1" in res["peak_mb"] and "diffstyler_k3" in res["peak_mb"]:
-        print(f"peak memory k=3 / k=1: {res['peak_mb']['diffstyler_k3'] / res['peak_mb']['diffstyler_k1']:.3f}")
+    report.print_table(res, args, ks, n, torch.__version__, torch.get_num_threads())
     if args.json:
         print(json.dumps(res))
 

@@ -5,11 +5,12 @@ Usage::
     python bench/soak.py --runs 50 --json
 
 Each run is ``tests/comfy/test_core.py::test_graph_two_styles``' graph (tiny random-weight SD1.5-topology models
-written into a temporary models folder; see tests/support) with a different cfg and second-style strength, so the
-second Style LoRA Loader (its LoRA file is read again), the Injector (a fresh patched MODEL clone), the sampler, VAE
-Decode and Preview Image really run every time, while ComfyUI serves the checkpoint, the inversion and the first
-style from its cache. A run counts as an error when the executor reports one or when the sampler did not execute.
-RSS is read after ``gc.collect()``; the growth is measured from run 5 (the caches are warm by then) to run N.
+written into a temporary models folder by the pack's harness, ``nodes/harness``) with a different cfg and
+second-style strength, so the second Style LoRA Loader (its LoRA file is read again), the Injector (a fresh patched
+MODEL clone), the sampler, VAE Decode and Preview Image really run every time, while ComfyUI serves the checkpoint,
+the inversion and the first style from its cache. A run counts as an error when the executor reports one or when
+the sampler did not execute. RSS is read after ``gc.collect()``; the growth is measured from run 5 (the caches are
+warm by then) to run N. It needs no pytest.
 
 The last line is ``{"runs": N, "errors": E, "rss_growth_pct": G}``; with ``--json`` the line before it holds the
 details (RSS per run in MB, seconds, sampler executions, network attempts). The network is refused (and every
@@ -26,34 +27,32 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "support"))
-
-import reliability_tools as rt  # noqa: E402 - needs tests/support on sys.path
+import common
+from comfyui_diffstyler.nodes.harness import demo, executor, graphs, host
+from comfyui_diffstyler.nodes.harness.probes import NetworkGuard, rss_bytes
 
 WARM_RUN = 5
 
 
 def soak(runs: int, steps: int, base: Path, log_every: int = 0, threads: int = 1) -> dict:
-    guard = rt.NetworkGuard().install()
+    guard = NetworkGuard().install()
     try:
-        home, tiny = rt.bootstrap(base)
+        home = host.setup(common.comfyui_root(), base)
+        tiny = demo.tiny_models(home)
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        import comfy_setup
-
         logging.getLogger().setLevel(logging.WARNING)  # one INFO line per patch per run would flood the output
-        rt.write_two_style_inputs(home, tiny.model)
-        executor = comfy_setup.make_executor()
+        graphs.write_two_style_inputs(home, tiny.model)
+        ex = executor.make_executor()
         errors, sampled, rss, seconds, messages = 0, 0, [], [], []
         for i in range(runs):
             cfg, strength = round(4.0 + 0.05 * i, 2), round(0.5 + 0.01 * (i % 40), 2)
-            prompt = rt.two_style_prompt(tiny.checkpoint, steps=steps, cfg=cfg, strength2=strength)
+            prompt = graphs.two_style_prompt(tiny.checkpoint, steps=steps, cfg=cfg, strength2=strength)
             start = time.perf_counter()
             try:
-                run = comfy_setup.run_prompt(executor, prompt, expect_success=False)
+                run = executor.run_prompt(ex, prompt, expect_success=False)
                 ok = run.success and "15" in run.executed_nodes()
                 sampled += "15" in run.executed_nodes()
                 if not run.success:
@@ -63,7 +62,7 @@ def soak(runs: int, steps: int, base: Path, log_every: int = 0, threads: int = 1
                 messages.append(f"{type(e).__name__}: {e}"[:300])
             seconds.append(time.perf_counter() - start)
             errors += not ok
-            rss.append(rt.rss_bytes())
+            rss.append(rss_bytes())
             if log_every and (i + 1) % log_every == 0:
                 print(f"run {i + 1}/{runs}: {seconds[-1]:.2f} s, RSS {rss[-1] / 2**20:.1f} MB", flush=True)
     finally:

@@ -48,27 +48,9 @@ def build_unet(name: str, dtype_name: str):
     import torch
 
     cfg = UNETS[name]
-    unet_config = {
-        "use_checkpoint": False,
-        "image_size": 32,
-        "out_channels": 4,
-        "use_spatial_transformer": True,
-        "legacy": False,
-        "adm_in_channels": None,
-        "in_channels": 4,
-        "model_channels": cfg["model_channels"],
-        "num_res_blocks": [2, 2, 2, 2],
-        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-        "channel_mult": [1, 2, 4, 4],
-        "transformer_depth_middle": 1,
-        "use_linear_in_transformer": False,
-        "context_dim": cfg["context_dim"],
-        "num_heads": cfg["num_heads"],
-        "num_head_channels": -1,
-        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-        "use_temporal_resblock": False,
-        "use_temporal_attention": False,
-    }
+    from comfyui_diffstyler.nodes.harness.tiny import sd15_unet_config
+
+    unet_config = sd15_unet_config(cfg["model_channels"], cfg["context_dim"], cfg["num_heads"])
     model_config = comfy.supported_models.SD15(unet_config)
     load_device = mm.get_torch_device()
     if dtype_name == "auto":

@@ -10,6 +10,7 @@ import folder_paths
 from ._api import io
 from .adapters import lora_file
 from .core.masks import as_mask_batch
+from .core.step_range import check_step_range
 from .core.styles import Style, append_style, style_uid
 
 logger = logging.getLogger(__name__)
@@ -47,17 +48,7 @@ def range_inputs() -> list:
 def check_range(styles, start_percent: float, end_percent: float) -> int:
     """The number the new style gets in the chain; ValueError naming it for a bad step range."""
     number = len(styles or []) + 1
-    for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-        if not (math.isfinite(float(value)) and 0.0 <= float(value) <= 1.0):
-            raise ValueError(
-                f"{name}: style {number} got {value}; a step range is given as fractions of the sampling "
-                "between 0 (the first step) and 1 (the last)"
-            )
-    if float(start_percent) > float(end_percent):
-        raise ValueError(
-            f"start_percent: style {number} starts at {start_percent} after it ends ({end_percent}): set "
-            "start_percent <= end_percent (0 = the first step, 1 = the last)"
-        )
+    check_step_range(number, start_percent, end_percent)
     return number
 
 

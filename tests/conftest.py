@@ -1,4 +1,5 @@
-"""Test harness: finds ComfyUI, loads the pack as a package, builds tiny models, runs graphs.
+"""Test fixtures on the pack's harness (``nodes/harness``): it finds ComfyUI, loads the pack as a package, builds the
+tiny models and runs graphs.
 
 ComfyUI is found at ``$COMFYUI_PATH``, else the ComfyUI whose ``custom_nodes/`` holds this pack,
 else ``~/ComfyUI``. Core tests (tests/core) need no ComfyUI. Everything else runs against the real
@@ -7,62 +8,33 @@ ComfyUI; under CI (``CI=true``) a missing ComfyUI is a failure, never a skip.
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import runpy
 import sys
 from pathlib import Path
 
 import pytest
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
-PACK_NAME = "comfyui_diffstyler"
 SUPPORT = Path(__file__).resolve().parent / "support"
 
-
-def find_comfyui() -> Path | None:
-    """The ComfyUI checkout the tests run against, or None."""
-    candidates = []
-    if os.environ.get("COMFYUI_PATH"):
-        candidates.append(Path(os.environ["COMFYUI_PATH"]).expanduser())
-    if PACK_ROOT.parent.name == "custom_nodes":
-        candidates.append(PACK_ROOT.parent.parent)
-    candidates.append(Path.home() / "ComfyUI")
-    for c in candidates:
-        if (c / "main.py").is_file() and (c / "comfy" / "model_management.py").is_file():
-            return c.resolve()
-    return None
-
-
-def load_pack():
-    """Import the pack root as package ``comfyui_diffstyler`` (never put the pack root on sys.path)."""
-    if PACK_NAME in sys.modules:
-        return sys.modules[PACK_NAME]
-    spec = importlib.util.spec_from_file_location(
-        PACK_NAME, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-load_pack()
-if str(SUPPORT) not in sys.path:
+# the pack as package comfyui_diffstyler, through its harness (the pack root never goes on sys.path)
+runpy.run_path(str(PACK_ROOT / "nodes" / "harness" / "host.py"))["load_pack"]()
+if str(SUPPORT) not in sys.path:  # tests import the support modules by name
     sys.path.insert(0, str(SUPPORT))
 
-COMFYUI = find_comfyui()
+from comfyui_diffstyler.nodes.harness import host  # noqa: E402 - the pack is a package from here on
+
+PACK_NAME = host.PACK_NAME
+COMFYUI = host.find_comfyui()
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def require_comfyui() -> Path:
     if COMFYUI is None:
-        msg = (
-            "ComfyUI (tested: v0.8.0 .. v0.33.0) not found: set COMFYUI_PATH, install this pack into "
-            "ComfyUI/custom_nodes, or stage it at ~/ComfyUI (see README)"
-        )
         if IN_CI:
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+            pytest.fail(host.NOT_FOUND, pytrace=False)
+        pytest.skip(host.NOT_FOUND)
     return COMFYUI
 
 
@@ -83,20 +55,20 @@ def pack(comfy_home):
 @pytest.fixture(scope="session")
 def tiny(comfy_home):
     """Tiny SD1.5-topology MODEL/CLIP (from a checkpoint file in models/checkpoints) and a tiny VAE."""
-    import comfy_setup
+    from comfyui_diffstyler.nodes.harness import demo
 
-    return comfy_setup.tiny_models(comfy_home)
+    return demo.tiny_models(comfy_home)
 
 
 @pytest.fixture
 def run_graph(comfy_home):
     """Run an API-format prompt through ComfyUI's PromptExecutor; returns a GraphRun."""
-    import comfy_setup
+    from comfyui_diffstyler.nodes.harness.executor import make_executor, run_prompt
 
-    executor = comfy_setup.make_executor()
+    executor = make_executor()
 
     def _run(prompt: dict, expect_success: bool = True):
-        return comfy_setup.run_prompt(executor, prompt, expect_success=expect_success)
+        return run_prompt(executor, prompt, expect_success=expect_success)
 
     _run.executor = executor
     return _run
@@ -104,10 +76,10 @@ def run_graph(comfy_home):
 
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
-    """``main.py --cpu`` on a free loopback port with this pack (and the test pack) in custom_nodes/."""
+    """``main.py --cpu`` on a free loopback port with this pack (and the tiny-model pack) in custom_nodes/."""
     comfy_root = require_comfyui()
-    import comfy_server as cs
+    from comfyui_diffstyler.nodes.harness import server as cs
 
-    server = cs.start(comfy_root, tmp_path_factory.mktemp("server_base"), PACK_ROOT, SUPPORT)
+    server = cs.start(comfy_root, tmp_path_factory.mktemp("server_base"))
     yield server
     server.stop()

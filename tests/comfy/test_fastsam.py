@@ -16,11 +16,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import comfy_host
 import fastsam_fixtures as ff
 import numpy as np
 import pytest
 import torch
+from comfyui_diffstyler.nodes.harness import executor as comfy_host
 from PIL import Image
 
 DENSE = "ds_fastsam_dense.pt"

@@ -12,6 +12,7 @@ import dst_core
 import dst_oracle
 import pytest
 import torch
+from comfyui_diffstyler.nodes.harness.styles import overlapping_masks, run_styles
 
 STEPS = 10
 TOL = 1e-4  # relative difference of the final latent
@@ -28,22 +29,6 @@ def mods(pack):
     m = M()
     m.inv, m.inject, m.sample, m.style = inversion, inject, sample, style
     return m
-
-
-def overlapping_masks(k: int, size: int = 64) -> list[torch.Tensor]:
-    """k masks at image size that overlap, one with a soft (fractional) edge, so hard vs soft masks matter."""
-    out = []
-    a = torch.zeros(1, size, size)
-    a[:, :, : size * 5 // 8] = 1.0
-    a[:, :, size * 5 // 8 : size * 5 // 8 + 6] = torch.linspace(0.6, 0.05, 6)  # a feathered edge
-    out.append(a)
-    b = torch.zeros(1, size, size)
-    b[:, size // 4 :, size * 3 // 8 :] = 1.0
-    out.append(b)
-    c = torch.zeros(1, size, size)
-    c[:, size // 8 : size // 2, size // 8 : size // 2] = 0.3  # faint everywhere: hard masks take it whole
-    out.append(c)
-    return out[:k]
 
 
 class Case:
@@ -112,16 +97,10 @@ def loras(case, k):
 
 
 def run_pack(mods, case, k, background, inv, masks="hard", lora_in_attention=False, **inject_options):
-    styles = None
-    for lora, cond, mask in zip(loras(case, k), case.prompts["styles"], overlapping_masks(k)):
-        styles = mods.style.DiffStylerStyleLoRA.execute("None", 1.0, cond, mask, lora=lora, styles=styles).args[0]
-    patched = mods.inject.DiffStylerCrossLoRAInjector.execute(
-        case.model, styles, 0.6, 0.5, "adaptive", lora_in_attention, **inject_options
-    ).args[0]
-    out = mods.sample.DiffStylerMaskedFusionSampler.execute(
-        patched, inv, case.prompts["base"], case.prompts["neg"], 10.5, background, styles, masks
-    )
-    return out.args[0]["samples"]
+    return run_styles(
+        case.model, inv, loras(case, k), case.prompts, overlapping_masks(k), background, masks,
+        lora_in_attention=lora_in_attention, **inject_options,
+    )  # fmt: skip
 
 
 def run_oracle(case, k, background, oracle_inv):

@@ -18,6 +18,7 @@ import threading
 import pytest
 import reliability_tools as rt
 import torch
+from comfyui_diffstyler.nodes.harness.graphs import hook_negative
 
 STEPS = 4
 
@@ -196,16 +197,7 @@ def test_hooked_negative_in_a_graph(tiny, comfy_home, run_graph):
     hook changes the result."""
     rt.write_two_style_inputs(comfy_home, tiny.model)
     plain = rt.two_style_prompt(tiny.checkpoint, steps=STEPS)
-    with_hook = rt.two_style_prompt(tiny.checkpoint, steps=STEPS)
-    with_hook["20"] = {
-        "class_type": "CreateHookLora",
-        "inputs": {"lora_name": rt.LORA_NAMES[0], "strength_model": 0.7, "strength_clip": 0.0},
-    }
-    with_hook["21"] = {
-        "class_type": "SetClipHooks",
-        "inputs": {"clip": ["1", 1], "apply_to_conds": True, "schedule_clip": False, "hooks": ["20", 0]},
-    }
-    with_hook["9"]["inputs"]["clip"] = ["21", 0]
+    with_hook = hook_negative(rt.two_style_prompt(tiny.checkpoint, steps=STEPS))
     a = run_graph(plain).outputs("15")[0][0]["samples"]
     b = run_graph(with_hook).outputs("15")[0][0]["samples"]
     assert torch.isfinite(b).all()

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import os
 
-import comfy_host
 import dst_core
 import pytest
 import reliability_tools as rt
 import torch
+from comfyui_diffstyler.nodes.harness import executor as comfy_host
 
 STEPS = 6
 AT = 2

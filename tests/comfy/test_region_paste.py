@@ -20,7 +20,7 @@ import numpy as np
 import photo_fixtures as pf
 import pytest
 import scipy.ndimage
-import workflow_tools as wt
+from comfyui_diffstyler.nodes.harness import workflow as wt
 from PIL import Image
 
 FEATHER = 12

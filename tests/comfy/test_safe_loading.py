@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import reliability_tools as rt
 import torch
+from comfyui_diffstyler.nodes.harness import graphs
 from PIL import Image
 
 ESCAPES = ("../{name}", "sub/../../{name}", "..\\{name}", "{abs}")
@@ -320,31 +321,7 @@ def test_no_network_for_a_styles_graph_a_fastsam_graph_and_training(guard, comfy
 
     rng = np.random.default_rng(9)
     Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(comfy_home.input / "rel_style.png")
-    trained = run_graph(
-        {
-            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny.checkpoint}},
-            "2": {"class_type": "DiffStylerTestTinyVAE", "inputs": {"seed": 0}},
-            "3": {"class_type": "LoadImage", "inputs": {"image": "rel_style.png"}},
-            "4": {
-                "class_type": "DiffStylerTrainStyleLoRA",
-                "inputs": {
-                    "model": ["1", 0],
-                    "clip": ["1", 1],
-                    "vae": ["2", 0],
-                    "image": ["3", 0],
-                    "prompt": "painting of <sss>",
-                    "steps": 2,
-                    "learning_rate": 1e-3,
-                    "rank": 2,
-                    "targets": "attention",
-                    "seed": 0,
-                    "resolution": 64,
-                    "save_name": "rel_net_style",
-                },
-            },
-            "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 1]}},
-        }
-    )
+    trained = run_graph(graphs.train_lora_prompt(tiny.checkpoint, "rel_style.png", "rel_net_style", rank=2))
     assert "4" in trained.executed_nodes()
     assert (comfy_home.models / "loras" / "rel_net_style.safetensors").is_file()
     assert guard.attempts == [], guard.attempts

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 
-import comfy_host
 import numpy as np
 import pytest
 import torch
+from comfyui_diffstyler.nodes.harness import executor as comfy_host
+from comfyui_diffstyler.nodes.harness import graphs
 from PIL import Image
 
 PROMPT = "painting of <sss>"
@@ -393,27 +394,8 @@ def _save_input_image(comfy_home, name="style.png", size=(64, 64), seed=0):
 
 def test_graph_train_then_load_save_and_preview(tiny, run_graph, comfy_home):
     name = _save_input_image(comfy_home)
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny.checkpoint}},
-        "2": {"class_type": "DiffStylerTestTinyVAE", "inputs": {"seed": 0}},
-        "3": {"class_type": "LoadImage", "inputs": {"image": name}},
-        "4": {
-            "class_type": "DiffStylerTrainStyleLoRA",
-            "inputs": {
-                "model": ["1", 0],
-                "clip": ["1", 1],
-                "vae": ["2", 0],
-                "image": ["3", 0],
-                "prompt": PROMPT,
-                "steps": 10,
-                "learning_rate": 1e-3,
-                "rank": 4,
-                "targets": "attention",
-                "seed": 0,
-                "resolution": 64,
-                "save_name": "graph_style",
-            },
-        },
+    prompt = graphs.train_lora_prompt(tiny.checkpoint, name, "graph_style", steps=10, prompt=PROMPT, preview=False)
+    prompt |= {
         "5": {"class_type": "LoraModelLoader", "inputs": {"model": ["1", 0], "lora": ["4", 0], "strength_model": 1.0}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": PROMPT + ", deer"}},
         "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
@@ -455,29 +437,7 @@ def test_graph_train_then_load_save_and_preview(tiny, run_graph, comfy_home):
 
 def test_graph_refuses_a_path_as_save_name(tiny, run_graph, comfy_home):
     name = _save_input_image(comfy_home, "style2.png", seed=2)
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny.checkpoint}},
-        "2": {"class_type": "DiffStylerTestTinyVAE", "inputs": {"seed": 0}},
-        "3": {"class_type": "LoadImage", "inputs": {"image": name}},
-        "4": {
-            "class_type": "DiffStylerTrainStyleLoRA",
-            "inputs": {
-                "model": ["1", 0],
-                "clip": ["1", 1],
-                "vae": ["2", 0],
-                "image": ["3", 0],
-                "prompt": PROMPT,
-                "steps": 2,
-                "learning_rate": 1e-3,
-                "rank": 4,
-                "targets": "attention",
-                "seed": 0,
-                "resolution": 64,
-                "save_name": "../outside",
-            },
-        },
-        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 1]}},
-    }
+    prompt = graphs.train_lora_prompt(tiny.checkpoint, name, "../outside", prompt=PROMPT)
     run = run_graph(prompt, expect_success=False)
     assert not run.success
     assert "save_name" in str(run.error)

@@ -14,7 +14,7 @@ import uuid
 
 import numpy as np
 import pytest
-import workflow_tools as wt
+from comfyui_diffstyler.nodes.harness import workflow as wt
 from PIL import Image
 
 

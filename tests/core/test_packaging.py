@@ -68,7 +68,9 @@ def test_pack_import_needs_no_comfy():
 def test_no_v1_mappings_and_single_api_import():
     for path in (ROOT / "nodes").rglob("*.py"):
         text = path.read_text()
-        assert "NODE_CLASS_MAPPINGS" not in text, path
+        # the harness registers nodes into ComfyUI's registry as main.py does; no module defines the V1 mapping
+        assert "NODE_CLASS_MAPPINGS" not in text or "harness" in path.relative_to(ROOT).parts, path
+        assert not re.search(r"^NODE_CLASS_MAPPINGS\s*=", text, re.M), path
         if path.name != "_api.py":
             assert "comfy_api" not in text, f"{path} imports comfy_api directly: use nodes/_api.py"
 

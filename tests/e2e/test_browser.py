@@ -26,13 +26,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import comfy_server as cs
 import dst_core
 import fastsam_fixtures as ff
 import pytest
 import safetensors.torch
-import workflow_tools as wt
-from conftest import PACK_ROOT, SUPPORT, require_comfyui
+from comfyui_diffstyler.nodes.harness import server as cs
+from comfyui_diffstyler.nodes.harness import workflow as wt
+from conftest import require_comfyui
 from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
@@ -46,7 +46,7 @@ FRONTEND_PINS = ROOT / "requirements-frontends.txt"
 FRONTENDS_DIR = Path(os.environ.get("DIFFSTYLER_FRONTENDS_DIR", ROOT / ".frontends"))
 RENDERERS = ("classic", "vue")
 WORKFLOWS = tuple(sorted(p.stem for p in (ROOT / "workflows").glob("*.json")))
-PACK_MODULE = "comfyui-diffstyler"  # the folder name under custom_nodes/ (tests/support/comfy_server.py)
+PACK_MODULE = "comfyui-diffstyler"  # the folder name under custom_nodes/ (nodes/harness/server.py)
 CHECKPOINT = "diffstyler_tiny_sd15.safetensors"
 LORAS = ("browser_style_1.safetensors", "browser_style_2.safetensors")
 FASTSAM = "browser_fastsam.pt"
@@ -195,7 +195,7 @@ def served(request, frontend, tiny, tmp_path_factory):
     base = tmp_path_factory.mktemp(f"server_fe{frontend.label}")
     _prepare_base(base, tiny)
     extra = ("--front-end-root", str(frontend.static))
-    server = cs.start(require_comfyui(), base, PACK_ROOT, SUPPORT, extra_args=extra)
+    server = cs.start(require_comfyui(), base, extra_args=extra)
     try:
         yield server, server.get("/object_info")
     finally:

@@ -12,8 +12,9 @@ never changed, and nothing needs restoring when a test fails. The suite then run
 
 1. with the pack present in ``custom_nodes/`` (``tests-unit`` imports ComfyUI modules directly and loads no custom
    nodes by itself);
-2. the same, plus a pytest plugin that, before any test runs, loads every custom node of the copy exactly as
-   ``main.py`` does (``nodes.init_external_custom_nodes()``: our ``comfy_entrypoint`` runs and its nodes are
+2. the same, plus a pytest plugin that, before any test runs, imports ComfyUI with the pack's harness
+   (``nodes/harness/host.py``, as the tests, benches and runner do) and loads every custom node of the copy exactly
+   as ``main.py`` does (``nodes.init_external_custom_nodes()``: our ``comfy_entrypoint`` runs and its nodes are
    registered, and our model folders are added to ``folder_paths``).
 
 Both runs must pass, with the same tests passing, and the plugin must report that the pack's nodes were registered
@@ -52,20 +53,14 @@ EXPECTED_NODES = {
 
 PLUGIN = '''
 """Loads ComfyUI's custom nodes (this pack among them) the way main.py does, before tests-unit runs."""
-import asyncio, json, os, sys
+import asyncio, json, os, runpy
 
 
 def pytest_configure(config):
-    sys.path.insert(0, os.getcwd())
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-    import torch
-
-    comfy.cli_args.args.cpu = not torch.cuda.is_available()  # main.py --cpu on a machine without a GPU
-    import utils.extra_config  # noqa: F401 - before nodes, as main.py does
-    import folder_paths
+    # ComfyUI set up by the pack's harness (cwd is the ComfyUI copy; the pack is linked into its custom_nodes/):
+    # --cpu when there is no GPU, utils.extra_config before nodes, custom nodes allowed
+    harness = runpy.run_path(os.path.join("custom_nodes", "comfyui-diffstyler", "nodes", "harness", "host.py"))
+    folder_paths = harness["import_comfy"](os.getcwd(), cpu=None, custom_nodes=True)
     import nodes
 
     asyncio.run(nodes.init_external_custom_nodes())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from comfy_server import PACK_DIR_NAME
+from comfyui_diffstyler.nodes.harness.server import PACK_DIR_NAME
 
 pytestmark = pytest.mark.server
 
@@ -65,8 +65,8 @@ def test_templates_browser_lists_the_shipped_workflows(comfy_server):
 def test_extra_model_paths_add_to_the_default_fastsam_folder(tmp_path):
     """A ``fastsam:`` folder in extra_model_paths.yaml (read by ComfyUI before custom nodes load) adds to
     models/fastsam instead of replacing it: the loader lists the weights of both."""
-    import comfy_server as cs
-    from conftest import PACK_ROOT, SUPPORT, require_comfyui
+    from comfyui_diffstyler.nodes.harness import server as cs
+    from conftest import require_comfyui
 
     base = tmp_path / "base"
     (base / "models" / "fastsam").mkdir(parents=True)
@@ -77,7 +77,7 @@ def test_extra_model_paths_add_to_the_default_fastsam_folder(tmp_path):
     config = tmp_path / "extra_model_paths.yaml"
     config.write_text(f"other_drive:\n    base_path: {tmp_path / 'drive'}\n    fastsam: sam\n")
     args = ("--extra-model-paths-config", str(config))
-    server = cs.start(require_comfyui(), base, PACK_ROOT, SUPPORT, extra_args=args)
+    server = cs.start(require_comfyui(), base, extra_args=args)
     try:
         info = server.get("/object_info/DiffStylerFastSAMLoader")["DiffStylerFastSAMLoader"]
     finally:

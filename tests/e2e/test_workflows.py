@@ -1,7 +1,7 @@
 """Shipped example workflows and the headless runner (issue #6).
 
 Every file in workflows/ is checked against the live node specs (links, socket types, one widget value per
-frontend widget), converted to an API prompt with tests/support/workflow_tools.py and run end to end through
+frontend widget), converted to an API prompt with the harness (nodes/harness/workflow.py) and run end to end through
 ComfyUI's PromptExecutor on the tiny models. The runner (scripts/diffstyler_run.py) runs in a subprocess as
 the README tells users to run it (demo mode), with options, and with bad input.
 """
@@ -21,7 +21,7 @@ import photo_fixtures as pf
 import pytest
 import safetensors.torch
 import scipy.ndimage
-import workflow_tools as wt
+from comfyui_diffstyler.nodes.harness import workflow as wt
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -396,7 +396,7 @@ def test_runner_ranges_are_the_node_inputs_ranges(infos):
     }
     assert set(targets) | {"--max-size"} == set(runner.RANGES)
     for flag, (node, name) in targets.items():
-        spec = wt._spec(infos[node], name)[1]
+        spec = wt.input_spec(infos[node], name)[1]
         assert runner.RANGES[flag][:2] == (spec["min"], spec["max"]), flag
 
 
@@ -549,3 +549,72 @@ def test_runner_options_and_errors(comfy_home, tmp_path, photo):
     assert "style 1 (points)" in outside.stderr and "outside the 400x300 image" in outside.stderr
     too_many = _runner(base + ["--prompt", "a", "--prompt", "b"], tmp_path, timeout=300)
     assert too_many.returncode == 2 and "--prompt: given 2 times but the workflow has 1 style(s)" in too_many.stderr
+
+
+# ------------------------------------------------------------------ the runner's step ranges (issue 25)
+
+TIME_WF = str(ROOT / "workflows" / "diffstyler_two_styles_in_time.json")
+
+
+def test_runner_step_range_flags_go_to_the_style_inputs_with_their_limits(infos):
+    """--start/--end repeat per style and stand for the Style LoRA Loader's start_percent/end_percent (0 to 1)."""
+    runner = _runner_module()
+    args = runner.parse_args(["--workflow", "x", "--image", "x", "--output", "x", "--start", "0", "--start", ".5"])
+    assert args.start == [0.0, 0.5] and args.end == []
+    for name in ("start_percent", "end_percent"):
+        spec = wt.input_spec(infos["DiffStylerStyleLoRA"], name)[1]
+        assert (spec["min"], spec["max"]) == (0.0, 1.0), name
+
+
+@pytest.mark.slow
+def test_runner_runs_styles_in_time_with_ranges_from_the_command_line(comfy_home, tmp_path, photo):
+    """The two-styles-in-time workflow with each style's range from --start/--end: the ranges reach the Style LoRA
+    Loaders of the graph that ran (the prompt the result PNG keeps), in chain order."""
+    out = tmp_path / "ranges.png"
+    args = ["--workflow", TIME_WF, "--image", str(photo), "--output", str(out), "--steps", "4"]
+    proc = _runner([*args, "--start", "0", "--end", "0.25", "--start", "0.25", "--end", "0.75"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with Image.open(out) as im:
+        prompt = json.loads(im.info["prompt"])
+        saved = json.loads(im.info["workflow"])
+    first = wt.style_chain(saved)[0]["id"]
+    styles = {k: v["inputs"] for k, v in prompt.items() if v["class_type"] == "DiffStylerStyleLoRA"}
+    ranges = [
+        (styles[k]["start_percent"], styles[k]["end_percent"]) for k in sorted(styles, key=lambda k: k != str(first))
+    ]
+    assert ranges == [(0.0, 0.25), (0.25, 0.75)]
+
+
+BAD_RANGES = [
+    (["--end", "1.5"], (0.0, 1.5)),
+    (["--start", "-0.1"], (-0.1, 1.0)),
+    (["--start", "nan"], (float("nan"), 1.0)),
+    (["--start", "0.6", "--end", "0.4"], (0.6, 0.4)),
+    (["--start", "0", "--start", "0.9", "--end", "1", "--end", "0.5"], (0.9, 0.5)),
+]
+
+
+@pytest.mark.parametrize("extra, pair", BAD_RANGES, ids=[" ".join(b[0]) for b in BAD_RANGES])
+def test_runner_refuses_a_bad_step_range_naming_the_flag(comfy_home, tmp_path, photo, extra, pair):
+    """The node's own check, its message with the flags for the inputs, before ComfyUI loads."""
+    from comfyui_diffstyler.nodes.style import check_range
+
+    style = 2 if extra.count("--start") == 2 else 1
+    with pytest.raises(ValueError) as node_error:
+        check_range([None] * (style - 1), *pair)
+    message = str(node_error.value).replace("start_percent", "--start").replace("end_percent", "--end")
+    proc = _runner(
+        ["--workflow", TIME_WF, "--image", str(photo), "--output", str(tmp_path / "o.png"), *extra], tmp_path
+    )
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {message}", proc.stderr
+    assert proc.stdout == "", "refused before ComfyUI loads"
+
+
+def test_runner_refuses_more_ranges_than_styles_and_a_range_against_the_workflows_own(tmp_path, photo):
+    base = ["--workflow", TIME_WF, "--image", str(photo), "--output", str(tmp_path / "o.png")]
+    proc = _runner([*base, "--end", "1", "--end", "1", "--end", "1"], tmp_path, 120)
+    assert proc.returncode == 2 and "error: --end: given 3 times but the workflow has 2 style(s)" in proc.stderr
+    # style 1 of the workflow ends at 0.4: a --start after that, alone, is refused once the workflow's value is known
+    proc = _runner([*base, "--start", "0.5"], tmp_path, 600)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error: --start: style 1 starts at 0.5 after it ends (0.4): set --start <= --end" in proc.stderr

@@ -1,137 +1,35 @@
-"""UI workflows (the LiteGraph JSON the ComfyUI frontend saves) for tests and the headless runner.
+"""UI workflows (the LiteGraph JSON the ComfyUI frontend saves): conversion to API prompts, checks, graph edits.
 
-* :func:`object_info` - ``/object_info``-style node specs from the in-process ``nodes.NODE_CLASS_MAPPINGS``
-  (a live server's ``/object_info`` has the same shape and works everywhere a spec dict is taken).
-* :func:`frontend_widgets` - the widgets the frontend (1.35, ComfyUI v0.8.0) builds for a node, in order:
-  the widget inputs of ``required`` then ``optional`` in ``input_order``, a ``control_after_generate`` value
-  after seed-like INTs (and any input that asks for one), an ``upload`` button after the required inputs of
-  image loaders. ``widgets_values`` holds one value per widget in that order.
 * :func:`ui_to_api` - UI workflow -> API prompt (what ``app.graphToPrompt()`` sends), skipping Note nodes.
 * :func:`check_workflow` - structural checks a shipped workflow must pass (links, types, widget counts).
 * graph edits used by the tests and the runner: widgets by name, upstream nodes, the style chain, adding
-  nodes, and :func:`use_tiny_models` (swaps model names and routes the VAE to the test pack's tiny VAE).
+  nodes, :func:`use_tiny_models` (swaps model names and routes the VAE to the tiny VAE node) and
+  :func:`add_paste_back`.
 
-Nothing here imports ComfyUI at module import time.
+The node specs and widget rules live in :mod:`.workflow_spec`; the names callers use from there are re-exported
+here, so one module serves them. Nothing here imports ComfyUI at module import time.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
-NOTE_TYPES = ("Note", "MarkdownNote")
-WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
-SEED_NAMES = ("seed", "noise_seed")
-UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
-# Combo inputs whose options are file lists: a placeholder model name there is expected, not an error.
-FILE_INPUTS = ("ckpt_name", "lora_name", "model_name", "image", "vae_name", "clip_folder")
-MODE_MUTED, MODE_BYPASS = 2, 4
-TINY_VAE_NODE = "DiffStylerTestTinyVAE"
-
-
-@dataclass(frozen=True)
-class Widget:
-    """One frontend widget: ``input`` is False for widgets that are not node inputs (control, upload)."""
-
-    name: str
-    input: bool = True
-    kind: str = ""
-
-
-# ------------------------------------------------------------------ node specs
-
-
-def object_info(class_types=None) -> dict:
-    """``/object_info`` entries for the registered node classes (ComfyUI must be imported and set up)."""
-    from comfy_api.internal import _ComfyNodeInternal
-
-    import nodes
-
-    out = {}
-    for name in class_types or list(nodes.NODE_CLASS_MAPPINGS):
-        cls = nodes.NODE_CLASS_MAPPINGS[name]
-        if issubclass(cls, _ComfyNodeInternal):
-            out[name] = cls.GET_NODE_INFO_V1()
-            continue
-        types = cls.INPUT_TYPES()
-        out[name] = {
-            "input": types,
-            "input_order": {k: list(v) for k, v in types.items()},
-            "output": list(cls.RETURN_TYPES),
-            "output_name": list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES),
-            "name": name,
-            "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name),
-        }
-    return out
-
-
-def _kind(spec) -> str:
-    t = spec[0]
-    return "COMBO" if isinstance(t, (list, tuple)) else str(t)
-
-
-def _opts(spec) -> dict:
-    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-
-
-def _ordered(info: dict, section: str) -> list[tuple[str, list]]:
-    specs = info.get("input", {}).get(section, {}) or {}
-    order = (info.get("input_order") or {}).get(section) or list(specs)
-    return [(name, specs[name]) for name in order if name in specs]
-
-
-def is_widget(spec) -> bool:
-    return _kind(spec) in WIDGET_TYPES and not _opts(spec).get("forceInput")
-
-
-def frontend_widgets(info: dict) -> list[Widget]:
-    """The node's widgets in the order the frontend builds them (= the order of ``widgets_values``)."""
-    out: list[Widget] = []
-    for section in ("required", "optional"):
-        upload = False
-        for name, spec in _ordered(info, section):
-            if not is_widget(spec):
-                continue
-            kind, opts = _kind(spec), _opts(spec)
-            out.append(Widget(name, True, kind))
-            control = opts.get("control_after_generate", name in SEED_NAMES) if kind == "INT" else False
-            if kind == "COMBO":
-                control = bool(opts.get("control_after_generate"))
-                upload = upload or (section == "required" and any(opts.get(f) for f in UPLOAD_FLAGS))
-            if control:
-                out.append(Widget("control_after_generate", False, "COMBO"))
-        if upload:
-            out.append(Widget("upload", True, "IMAGEUPLOAD"))
-    return out
-
-
-def socket_inputs(info: dict) -> list[tuple[str, str, bool]]:
-    """(name, type, optional) of the inputs that are sockets only (no widget), in frontend order."""
-    return [
-        (name, _kind(spec), section == "optional")
-        for section in ("required", "optional")
-        for name, spec in _ordered(info, section)
-        if not is_widget(spec)
-    ]
-
-
-def _spec(info: dict, name: str):
-    for section in ("required", "optional"):
-        spec = (info.get("input", {}).get(section) or {}).get(name)
-        if spec is not None:
-            return spec
-    return None
-
-
-def _info(infos: dict, node: dict) -> dict:
-    info = infos.get(node["type"])
-    if info is None:
-        raise ValueError(
-            f"node {node['id']} has type {node['type']!r}, which this ComfyUI does not know: install the node pack "
-            "that provides it (is comfyui-diffstyler in custom_nodes?)"
-        )
-    return info
-
+from .demo import TINY_VAE_NODE
+from .workflow_spec import (  # noqa: F401 - object_info is re-exported for the callers
+    FILE_INPUTS,
+    MODE_BYPASS,
+    MODE_MUTED,
+    NOTE_TYPES,
+    frontend_widgets,
+    input_spec,
+    node_info,
+    object_info,
+    socket_inputs,
+    spec_kind,
+    spec_options,
+    widget_default,
+    widget_values,
+)
 
 # ------------------------------------------------------------------ UI -> API
 
@@ -151,9 +49,9 @@ def ui_to_api(workflow: dict, infos: dict) -> dict:
             continue
         if node.get("mode", 0) == MODE_BYPASS:
             raise ValueError(f"node {node['id']} ({node['type']}) is bypassed: un-bypass it or remove it")
-        info = _info(infos, node)
+        info = node_info(infos, node)
         inputs: dict = {}
-        for widget, value in zip(frontend_widgets(info), _widget_values(node, info)):
+        for widget, value in zip(frontend_widgets(info), widget_values(node, info)):
             if widget.input and widget.kind != "IMAGEUPLOAD":
                 inputs[widget.name] = value
         for inp in node.get("inputs") or []:
@@ -170,32 +68,6 @@ def ui_to_api(workflow: dict, infos: dict) -> dict:
         title = node.get("title") or info.get("display_name") or node["type"]
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs, "_meta": {"title": title}}
     return prompt
-
-
-def _widget_values(node: dict, info: dict) -> list:
-    values = node.get("widgets_values") or []
-    widgets = frontend_widgets(info)
-    if isinstance(values, dict):  # some frontends save {name: value}
-        return [values.get(w.name) for w in widgets]
-    if len(values) > len(widgets):
-        raise ValueError(
-            f"node {node['id']} ({node['type']}) has {len(values)} widget values but the node has {len(widgets)} "
-            f"widgets ({', '.join(w.name for w in widgets)}): the workflow was saved for another version of the node"
-        )
-    defaults = [_default(info, w) for w in widgets[len(values) :]]
-    return list(values) + defaults
-
-
-def _default(info: dict, widget: Widget):
-    spec = _spec(info, widget.name)
-    if spec is None:
-        return "fixed" if widget.name == "control_after_generate" else "image"
-    if "default" in _opts(spec):
-        return _opts(spec)["default"]
-    if isinstance(spec[0], (list, tuple)):
-        return spec[0][0] if spec[0] else None
-    options = _opts(spec).get("options")
-    return options[0] if options else None
 
 
 # ------------------------------------------------------------------ checks
@@ -268,10 +140,10 @@ def check_workflow(workflow: dict, infos: dict) -> list[str]:
             )
             continue
         for widget, value in zip(widgets, values):
-            spec = _spec(info, widget.name) if widget.input else None
-            if spec is None or _kind(spec) != "COMBO" or widget.name in FILE_INPUTS:
+            spec = input_spec(info, widget.name) if widget.input else None
+            if spec is None or spec_kind(spec) != "COMBO" or widget.name in FILE_INPUTS:
                 continue
-            options = spec[0] if isinstance(spec[0], (list, tuple)) else _opts(spec).get("options", [])
+            options = spec[0] if isinstance(spec[0], (list, tuple)) else spec_options(spec).get("options", [])
             if value not in options:
                 problems.append(f"{where}: {widget.name} = {value!r} is not one of {options}")
     return problems
@@ -315,18 +187,18 @@ def downstream(workflow: dict, source: dict, slot: int) -> list[tuple[dict, str]
 
 
 def widget_index(infos: dict, n: dict, name: str) -> int:
-    for i, w in enumerate(frontend_widgets(_info(infos, n))):
+    for i, w in enumerate(frontend_widgets(node_info(infos, n))):
         if w.name == name:
             return i
     raise KeyError(f"node {n['id']} ({n['type']}) has no widget {name!r}")
 
 
 def get_widget(infos: dict, n: dict, name: str):
-    return _widget_values(n, _info(infos, n))[widget_index(infos, n, name)]
+    return widget_values(n, node_info(infos, n))[widget_index(infos, n, name)]
 
 
 def set_widget(infos: dict, n: dict, name: str, value) -> None:
-    values = _widget_values(n, _info(infos, n))
+    values = widget_values(n, node_info(infos, n))
     values[widget_index(infos, n, name)] = value
     n["widgets_values"] = values
 
@@ -364,7 +236,7 @@ def add_node(workflow: dict, infos: dict, node_type: str, pos, widgets_values=No
     if node_type in NOTE_TYPES:
         n.update(inputs=[], outputs=[], properties={}, widgets_values=list(widgets_values or [""]))
     else:
-        info = _info(infos, {"id": new_id, "type": node_type})
+        info = node_info(infos, {"id": new_id, "type": node_type})
         widgets = frontend_widgets(info)
         inputs = [{"name": name, "type": typ, "link": None} for name, typ, _ in socket_inputs(info)]
         inputs += [
@@ -372,7 +244,7 @@ def add_node(workflow: dict, infos: dict, node_type: str, pos, widgets_values=No
         ]
         names = info.get("output_name") or info["output"]
         outputs = [{"name": names[i], "type": t, "links": [], "slot_index": i} for i, t in enumerate(info["output"])]
-        values = list(widgets_values) if widgets_values is not None else [_default(info, w) for w in widgets]
+        values = list(widgets_values) if widgets_values is not None else [widget_default(info, w) for w in widgets]
         n.update(inputs=inputs, outputs=outputs, properties={"Node name for S&R": node_type}, widgets_values=values)
     if title:
         n["title"] = title

@@ -1,4 +1,8 @@
-"""A real ComfyUI server (``main.py --cpu``) on a free loopback port with the pack in ``custom_nodes/``."""
+"""A real ComfyUI server (``main.py --cpu``) on a free loopback port with the pack in ``custom_nodes/``.
+
+The tests' server fixtures and the dynamic VRAM check (bench/) start one. Besides the pack, ``custom_nodes/`` holds
+the tiny-model node pack (``nodes/harness/tiny_pack``: the Tiny VAE node the tiny-model graphs decode with).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from .demo import TINY_PACK
+from .host import PACK_ROOT
 
 PACK_DIR_NAME = "comfyui-diffstyler"
 
@@ -67,17 +74,15 @@ class Server:
 def start(
     comfy_root: Path,
     base: Path,
-    pack_root: Path,
-    support: Path,
     timeout: float = 240,
     extra_args: tuple = (),
     cpu: bool = True,
 ) -> Server:
     """Start ``main.py --cpu`` (``cpu=False``: on ComfyUI's default device) with ``--base-directory base`` holding the
-    pack (and the test pack) as links; ``extra_args`` go to main.py as they are."""
+    pack and the tiny-model node pack as links; ``extra_args`` go to main.py as they are."""
     custom = base / "custom_nodes"
     custom.mkdir(parents=True, exist_ok=True)
-    for name, target in ((PACK_DIR_NAME, pack_root), ("dst_test_pack", support / "dst_test_pack")):
+    for name, target in ((PACK_DIR_NAME, PACK_ROOT), (TINY_PACK, PACK_ROOT / "nodes" / "harness" / "tiny_pack")):
         link = custom / name
         if not link.exists():
             link.symlink_to(target, target_is_directory=True)
@@ -86,7 +91,6 @@ def start(
     port = free_port()
     log = base / "server.log"
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(support) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("YOLO_OFFLINE", "True")
     env.setdefault("YOLO_AUTOINSTALL", "False")
     cmd = [
