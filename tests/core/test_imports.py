@@ -107,3 +107,21 @@ def test_imports_point_one_way():
             assert "import comfy" not in text and "from comfy" not in text, name
         if name.startswith("nodes.adapters"):
             assert all(d.startswith(("nodes.adapters", "nodes.core", "nodes._api")) for d in deps), (name, deps)
+
+
+def test_nothing_outside_tests_imports_from_tests():
+    """The runner, the benches and the pack use the harness (nodes/harness), never tests/support."""
+    support = {p.stem for p in (ROOT / "tests" / "support").glob("*.py")} | {"conftest"}
+    offenders = []
+    for folder in ("nodes", "scripts", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            names = set()
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.Import):
+                    names |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                    names.add(node.module.split(".")[0])
+            if names & support or "tests/support" in text or '"support"' in text:
+                offenders.append(f"{path.relative_to(ROOT)}: {sorted(names & support)}")
+    assert offenders == []

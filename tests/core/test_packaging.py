@@ -80,9 +80,11 @@ def test_no_v1_mappings_and_single_api_import():
     [("ultralytics", "nodes/adapters/fastsam_model.py"), ("transformers", "nodes/adapters/fastsam_clip.py")],
 )
 def test_optional_package_imported_in_one_module(package, module):
+    """Among the modules ComfyUI loads (the harness, which builds tiny test models, is not one of them)."""
     users = [
         p.relative_to(ROOT).as_posix()
         for p in (ROOT / "nodes").rglob("*.py")
-        if re.search(rf"^\s*(import {package}|from {package})", p.read_text(), re.M)
+        if "harness" not in p.relative_to(ROOT).parts
+        and re.search(rf"^\s*(import {package}|from {package})", p.read_text(), re.M)
     ]
     assert users == [module], users
