@@ -16,7 +16,8 @@ random prompt embeddings, a random content latent and k stripe masks. Rows:
 * re-run     - the defaults again with other prompts and cfg on an inversion whose per-style content cache a first
                run filled (DDIM Inversion ``content_cache_mb``): no content row, 2k rows per step, the same result;
 * fast       - the cache plus the experimental feature-fusion mode (2 rows per step whatever k);
-* half       - k = 1: the style active on the first half of the steps only (start 0, end 0.5): no rows after;
+* half       - k = 1: the style active on the first half of the steps only (start 0, end 0.5): after its end the
+               base branch carries its region on (3 rows per step: content, uncond, cond);
 * MODEL style - k = 1: the style held by a second full-size UNet (Style Model node): its rows in an extra call of
                that UNet per step (the rows counted across both UNets; its memory is the second UNet).
 
