@@ -12,22 +12,10 @@ import dst_core
 import dst_oracle
 import pytest
 import torch
+from dst_fixtures import mods  # noqa: F401 - fixture
 
 STEPS = 10
 TOL = 1e-4  # relative difference of the final latent
-
-
-@pytest.fixture(scope="module")
-def mods(pack):
-    from comfyui_diffstyler.nodes import inject, sample, style
-    from comfyui_diffstyler.nodes.adapters import inversion
-
-    class M:
-        pass
-
-    m = M()
-    m.inv, m.inject, m.sample, m.style = inversion, inject, sample, style
-    return m
 
 
 def overlapping_masks(k: int, size: int = 64) -> list[torch.Tensor]:
@@ -101,7 +89,9 @@ def inversions(mods, case):
     """(pack inversion, oracle inversion) of the case's content, computed once per model."""
     if case.name not in _INVERSIONS:
         grid, stride = GRID[case.name]
-        pack_inv = mods.inv.invert(case.model, case.content, STEPS, case.prompts["empty"], disable_pbar=True, grid=grid)
+        pack_inv = mods.inversion.invert(
+            case.model, case.content, STEPS, case.prompts["empty"], disable_pbar=True, grid=grid
+        )
         oracle_inv = dst_oracle.invert(case.model, case.content, STEPS, case.prompts["empty"], stride=stride)
         _INVERSIONS[case.name] = (pack_inv, oracle_inv)
     return _INVERSIONS[case.name]
@@ -285,7 +275,7 @@ def test_each_speed_up_option_departs_from_the_released_pipeline(mods, sd15, opt
     elif option == "base_injection=style windows":
         kwargs.update(content_rows="per style", base_injection="style windows")
     else:
-        pack_inv = mods.inv.invert(
+        pack_inv = mods.inversion.invert(
             sd15.model, sd15.content, STEPS, sd15.prompts["empty"], disable_pbar=True, grid="sampling"
         )
     if "fusion" not in kwargs and ("content_rows" in kwargs or "base_injection" in kwargs):

@@ -16,19 +16,9 @@ import threading
 import pytest
 import reliability_tools as rt
 import torch
+from dst_fixtures import mods, one_torch_thread  # noqa: F401 - fixtures
 
 STEPS = 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    with rt.torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def mods(pack):
-    return rt.node_modules()
 
 
 @pytest.fixture(scope="module")

@@ -23,16 +23,10 @@ import dst_core
 import pytest
 import reliability_tools as rt
 import torch
+from dst_fixtures import one_torch_thread  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread for the whole module (see reliability_tools.torch_threads: much faster on a busy machine)."""
-    with rt.torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -18,30 +18,11 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
+from dst_fixtures import mods, one_torch_thread, prompts  # noqa: F401 - fixtures
 
 STEPS = 2
 TOL = 1e-4  # max |pack - library| over max |library - base|: relative to what the LoRA changes
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def mods(pack):
-    from comfyui_diffstyler.nodes import inject, invert, sample, style
-
-    class M:
-        pass
-
-    m = M()
-    m.inject, m.invert, m.sample, m.style = inject, invert, sample, style
-    return m
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +55,6 @@ def build_twin(model, layers_per_block: int = 2, load: bool = True, width: int =
         sd = {k: state["diffusion_model." + v] for k, v in mapping.items() if "diffusion_model." + v in state}
         twin.load_state_dict(sd, strict=True)
     return twin.eval()
-
-
-@pytest.fixture(scope="module")
-def prompts(tiny):
-    enc = lambda t: tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(t))  # noqa: E731
-    return {"empty": enc(""), "style": enc("painting of <sss>, deer"), "neg": enc("ugly, blurry")}
 
 
 @pytest.fixture(scope="module")

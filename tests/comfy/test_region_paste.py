@@ -21,6 +21,7 @@ import photo_fixtures as pf
 import pytest
 import scipy.ndimage
 import workflow_tools as wt
+from dst_fixtures import infos  # noqa: F401 - fixture
 from PIL import Image
 
 FEATHER = 12
@@ -105,11 +106,6 @@ def _png(home, result, node_id) -> np.ndarray:
     with Image.open(home.output / ref.get("subfolder", "") / ref["filename"]) as im:
         assert im.mode == "RGB"
         return np.asarray(im).astype(np.int16)
-
-
-@pytest.fixture(scope="module")
-def infos(comfy_home):
-    return wt.object_info()
 
 
 CASES = {  # (height, width): ellipses (cy, cx, ry, rx) as fractions of the picture

@@ -9,19 +9,10 @@ import comfy_host
 import numpy as np
 import pytest
 import torch
+from dst_fixtures import one_torch_thread  # noqa: F401 - fixture
 from PIL import Image
 
 PROMPT = "painting of <sss>"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """These tests run many tiny ops; on a shared 2-core runner two OpenMP threads per process oversubscribe the
-    cores (a 64 px step measured 0.12 s with one thread and 1.3-2.8 s with two under load), so use one here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,8 @@ import uuid
 import numpy as np
 import pytest
 import workflow_tools as wt
+from dst_fixtures import infos  # noqa: F401 - fixture
 from PIL import Image
-
-
-@pytest.fixture(scope="module")
-def infos(comfy_home):
-    return wt.object_info()
 
 
 @pytest.fixture(scope="module")

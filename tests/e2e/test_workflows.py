@@ -22,6 +22,7 @@ import pytest
 import safetensors.torch
 import scipy.ndimage
 import workflow_tools as wt
+from dst_fixtures import infos, yolo_config  # noqa: F401 - fixtures
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,21 +44,6 @@ IMGSZ = 128
 
 def _load(name: str) -> dict:
     return json.loads((ROOT / "workflows" / name).read_text(encoding="utf-8"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def yolo_config(tmp_path_factory):
-    """ultralytics writes its settings file on import: keep it out of the home folder."""
-    mp = pytest.MonkeyPatch()
-    if "ultralytics" not in sys.modules:
-        mp.setenv("YOLO_CONFIG_DIR", str(tmp_path_factory.mktemp("yolo_config")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def infos(comfy_home):
-    return wt.object_info()
 
 
 @pytest.fixture(scope="module")
