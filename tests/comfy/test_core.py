@@ -13,7 +13,7 @@ import pytest
 import reliability_tools as rt
 import safetensors.torch
 import torch
-from dst_fixtures import content, inverted, mods, prompts  # noqa: F401 - fixtures
+from dst_fixtures import content, inverted, mods, one_torch_thread, prompts  # noqa: F401 - fixtures
 from PIL import Image
 
 STEPS = 10

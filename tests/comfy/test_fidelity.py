@@ -12,7 +12,7 @@ import dst_core
 import dst_oracle
 import pytest
 import torch
-from dst_fixtures import mods  # noqa: F401 - fixture
+from dst_fixtures import mods, one_torch_thread  # noqa: F401 - fixtures
 
 STEPS = 10
 TOL = 1e-4  # relative difference of the final latent

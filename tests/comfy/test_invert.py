@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from dst_fixtures import one_torch_thread  # noqa: F401 - fixture
 from PIL import Image
 
 

@@ -21,7 +21,7 @@ import photo_fixtures as pf
 import pytest
 import scipy.ndimage
 import workflow_tools as wt
-from dst_fixtures import infos  # noqa: F401 - fixture
+from dst_fixtures import infos, one_torch_thread  # noqa: F401 - fixtures
 from PIL import Image
 
 FEATHER = 12

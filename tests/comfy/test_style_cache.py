@@ -12,7 +12,7 @@ import dst_core
 import pytest
 import reliability_tools as rt
 import torch
-from dst_fixtures import content, content_latent, mods  # noqa: F401 - fixtures
+from dst_fixtures import content, content_latent, mods, one_torch_thread  # noqa: F401 - fixtures
 
 STEPS = 10
 FEAT, QK = 0.6, 0.5  # the released windows: ResBlock on steps 0-5 of 10, Q/K on steps 0-4

@@ -15,7 +15,7 @@ import uuid
 import numpy as np
 import pytest
 import workflow_tools as wt
-from dst_fixtures import infos  # noqa: F401 - fixture
+from dst_fixtures import infos, one_torch_thread  # noqa: F401 - fixtures
 from PIL import Image
 
 

@@ -22,7 +22,7 @@ import pytest
 import safetensors.torch
 import scipy.ndimage
 import workflow_tools as wt
-from dst_fixtures import infos, yolo_config  # noqa: F401 - fixtures
+from dst_fixtures import infos, one_torch_thread, yolo_config  # noqa: F401 - fixtures
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
