@@ -767,6 +767,7 @@ def counting_unet(model, counter):
     return clone
 
 
+@pytest.mark.slow
 def test_kernels_per_unet_call_do_not_grow_with_k(tiny, mods, content, prompts):
     """Inside the UNet, DiffStyler may add at most two kernels per LoRA layer (one style's low-rank pair, or all k
     styles' as one batched pair), two per Q/K-injected attention layer and one for the ResBlock, whatever k is:

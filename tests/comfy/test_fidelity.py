@@ -224,6 +224,7 @@ def test_a_model_style_equals_the_released_pipeline(mods, sd15, background):
     assert rel(plain, want) > 100 * TOL
 
 
+@pytest.mark.slow
 def test_inversion_equals_the_released_fine_grid(mods, sd15):
     """The kept latents at the sampling timesteps equal the oracle's fine-grid inversion, start included."""
     pack_inv, oracle_inv = inversions(mods, sd15)
@@ -242,8 +243,7 @@ def test_sd15_defaults_equal_the_released_pipeline(mods, sd15, k, background):
     check(mods, sd15, k, background)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case_name", ["sd2v", "sdxl"])
+@pytest.mark.parametrize("case_name", ["sd2v", pytest.param("sdxl", marks=pytest.mark.slow)])  # sd2v: the quick oracle
 def test_sd2v_and_sdxl_defaults_equal_the_released_pipeline(mods, request, case_name):
     case = request.getfixturevalue(case_name)
     check(mods, case, 2, "model")

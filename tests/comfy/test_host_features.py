@@ -77,6 +77,7 @@ def split_call(args: tuple, kwargs: dict, chunks: list[int]):
     return (take(x), take(t), take(c_concat), take(c_crossattn), control, options), kw, rows
 
 
+@pytest.mark.slow
 def test_concurrent_styled_calls_match_sequential(tiny, mods, prompts, content):
     """Two styled apply_model calls of one step, in flight at the same time in two threads on one patched model (as
     ComfyUI's per-device threads run them), give the rows they give one after the other and the rows of the whole

@@ -103,6 +103,7 @@ def assert_untouched(model, before_out, before_sd):
 # ----------------------------------------------------------------------------------------------- learning
 
 
+@pytest.mark.slow
 def test_it_learns(tiny, tr, core):
     """100 steps on one image: the loss at 10 fixed timesteps with fixed noise falls below half its start.
 
@@ -382,6 +383,7 @@ def _save_input_image(comfy_home, name="style.png", size=(64, 64), seed=0):
     return name
 
 
+@pytest.mark.slow
 def test_graph_train_then_load_save_and_preview(tiny, run_graph, comfy_home):
     name = _save_input_image(comfy_home)
     prompt = {

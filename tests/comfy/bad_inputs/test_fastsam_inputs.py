@@ -82,6 +82,7 @@ def test_rgba_image_drops_its_alpha_and_one_channel_image_is_expanded_to_rgb(mod
     assert got[1].shape == (1, 64, 96, 3) and torch.equal(got[1], ref[1])
 
 
+@pytest.mark.slow
 def test_8k_image_without_detections_stays_within_8x_its_memory(mods, fastsam_models):
     """8192x8192 at imgsz 256, no detections: ~10 s and ~3.5 GB peak (4.6x the float image: the RGB copy, the uint8
     copy for ultralytics, the preview and its PNG) on one CPU thread."""
@@ -99,6 +100,7 @@ def test_8k_image_without_detections_stays_within_8x_its_memory(mods, fastsam_mo
     assert ratio < 8
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_detections_times_pixels(mods, fastsam_models):
     dense = fastsam_models.load_model(DENSE)
     size = 640
@@ -111,6 +113,7 @@ def test_memory_does_not_grow_with_detections_times_pixels(mods, fastsam_models)
     assert peak < 64 * size * size + 200 * 2**20  # a few image-sized buffers + the network at imgsz
 
 
+@pytest.mark.slow
 def test_8k_image_with_many_detections_and_a_point_stays_within_8x_its_memory(mods, fastsam_models):
     """Before the fix every detection was upsampled to 8192x8192 (~115 GB for 300 of them)."""
     dense = fastsam_models.load_model(DENSE)
