@@ -162,6 +162,7 @@ def hooked(mods, tiny, comfy_home, text: str):
     return cond
 
 
+@pytest.mark.slow  # a second BaseModel from the checkpoint (force_deepcopy): ~30 s on v0.33
 def test_inversion_accepted_on_the_non_dynamic_delegate(tiny, mods, prompts, content, comfy_home):
     """An inversion made on the MODEL is accepted by a sampler whose patched model is the MODEL's reloaded copy (what
     ComfyUI's non-dynamic delegate is), with a hooked negative prompt, and gives the same latent as on the MODEL."""
