@@ -13,7 +13,7 @@ import pytest
 import reliability_tools as rt
 import safetensors.torch
 import torch
-from dst_fixtures import content, inverted, mods, prompts  # noqa: F401 - fixtures
+from dst_fixtures import content, inverted, mods, one_torch_thread, prompts  # noqa: F401 - fixtures
 from PIL import Image
 
 STEPS = 10
@@ -49,7 +49,7 @@ def half_mask(h=64, w=64, left=True):
 
 
 def x_t(mods, tiny, inverted):
-    return mods.inv.latent_out(tiny.model, inverted.trajectory[0])
+    return mods.inversion.latent_out(tiny.model, inverted.trajectory[0])
 
 
 # ------------------------------------------------------------------ identity and per-row LoRA
@@ -96,7 +96,7 @@ def test_exact_background_bit_for_bit_and_psnr(tiny, mods, prompts):
     g = torch.Generator().manual_seed(11)
     with torch.no_grad():
         lat = tiny.vae.encode(torch.rand(1, 256, 256, 3, generator=g)).float()
-    inverted = mods.inv.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
+    inverted = mods.inversion.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
     lora = dst_core.random_lora(tiny.model, seed=2)
     mask = torch.zeros(1, 256, 256)
     mask[:, 16:80, 24:88] = 1.0
@@ -348,7 +348,7 @@ def test_other_families_end_to_end(mods, kind):
     cond = dst_tiny.sdxl_conditioning if kind == "sdxl" else dst_tiny.plain_conditioning
     empty, pos, neg = cond(0), cond(1), cond(2)
     lat = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(0))
-    inv = mods.inv.invert(model, lat, 6, empty, disable_pbar=True, grid="sampling")
+    inv = mods.inversion.invert(model, lat, 6, empty, disable_pbar=True, grid="sampling")
     lora = dst_core.random_lora(model, seed=6)
     mask = torch.zeros(1, 64, 96)
     mask[:, :, :48] = 1
@@ -438,7 +438,7 @@ def test_bad_inputs(tiny, mods, inverted, prompts, comfy_home):
     guider = DiffStylerGuider(
         inject(mods, tiny.model, styles), inverted, styles, prompts["base"], prompts["neg"], 7.5, "exact"
     )
-    sig = mods.inv.sampling_sigmas(tiny.model, 20)
+    sig = mods.inversion.sampling_sigmas(tiny.model, 20)
     lat = inverted.content_latent
     with pytest.raises(ValueError, match="10 steps but the sampler uses 20"):
         guider.sample(lat * 0, lat, ddim_sampler(), sig)
@@ -461,8 +461,8 @@ def test_feature_cache_equals_content_row(tiny, mods, content, prompts, k):
     import comfy.patcher_extension
 
     lat = content[1]
-    plain = mods.inv.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
-    cached = mods.inv.invert(
+    plain = mods.inversion.invert(tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
+    cached = mods.inversion.invert(
         tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, cache_dtype="fp32", grid="sampling"
     )
     assert torch.equal(plain.trajectory, cached.trajectory) or torch.allclose(
@@ -488,7 +488,7 @@ def test_feature_cache_equals_content_row(tiny, mods, content, prompts, k):
     b = run(mods, patched, cached, prompts, styles)
     assert rows == [2 * k] * STEPS, "with the cache no call carries a content row"
     diff = float((a - b).abs().max())
-    fp16 = mods.inv.invert(
+    fp16 = mods.inversion.invert(
         tiny.model, lat, STEPS, prompts["empty"], disable_pbar=True, cache_dtype="fp16", grid="sampling"
     )
     c = run(mods, patched, fp16, prompts, styles)
@@ -701,11 +701,11 @@ def test_fast_paths_equal_the_general_paths(tiny, mods, content, prompts, monkey
     """The per-layer fast paths (each style's LoRA as matmuls into views of the layer's output, k styles in one
     batched pair; Q/K and ResBlock injection in place on the injected rows) give what the general paths (gathers
     and scatters by row index) give, with and without the content-feature cache."""
-    inv = mods.inv.invert(
+    inv = mods.inversion.invert(
         tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True, cache_dtype="fp32", grid="sampling"
     )
     if not cache:
-        inv = mods.inv.invert(tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
+        inv = mods.inversion.invert(tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
     styles = k_styles(mods, tiny, prompts, k)
     patched = inject(mods, tiny.model, styles, 0.6, 0.5)
     taken = {"plan": 0, "span": 0}
@@ -767,12 +767,13 @@ def counting_unet(model, counter):
     return clone
 
 
+@pytest.mark.slow
 def test_kernels_per_unet_call_do_not_grow_with_k(tiny, mods, content, prompts):
     """Inside the UNet, DiffStyler may add at most two kernels per LoRA layer (one style's low-rank pair, or all k
     styles' as one batched pair), two per Q/K-injected attention layer and one for the ResBlock, whatever k is:
     the per-kernel cost is what bounds a fast GPU at small sizes. (ComfyUI's own per-cond bookkeeping around the
     call and the masked fusion grow with k; the whole-step counts are printed.)"""
-    inv = mods.inv.invert(tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
+    inv = mods.inversion.invert(tiny.model, content[1], STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
     xt = x_t(mods, tiny, inv)
     plain_unet, plain_all = kernel_count(), kernel_count()
     plain = counting_unet(tiny.model, plain_unet)

@@ -235,6 +235,7 @@ def test_the_picture_reaches_ultralytics_as_full_size_bgr(fs, dense, monkeypatch
     assert dense.predictor.args.imgsz == IMGSZ and not dense.predictor.args.retina_masks
 
 
+@pytest.mark.slow  # the quick tier has bad_inputs/test_fastsam_inputs.py's RGBA and gray case
 def test_rgba_and_gray_inputs(seg, dense):
     rgb = ff.scene_tensor(2)
     rgba = torch.cat([rgb, torch.rand(2, 64, 96, 1)], dim=-1)
@@ -251,6 +252,7 @@ def test_rgba_and_gray_inputs(seg, dense):
 # ------------------------------------------------------------------------------------------ prompts
 
 
+@pytest.mark.slow
 def test_point_prompt_returns_a_mask_containing_the_point(fs, seg, dense, quiet):
     image = ff.scene_tensor()
     dets = detections(fs, dense, image[0])
@@ -273,6 +275,7 @@ def test_point_prompt_returns_a_mask_containing_the_point(fs, seg, dense, quiet)
     assert not mask.any()
 
 
+@pytest.mark.slow
 def test_large_images_select_on_the_inference_grid(fs, seg, dense):
     """A picture larger than imgsz: detections stay at inference resolution, only the chosen mask is upsampled."""
     from comfyui_diffstyler.nodes.core import fastsam_geometry
@@ -339,6 +342,7 @@ def test_box_prompt_keeps_the_mask_inside_the_box(fs, seg, dense):
     assert inside > (everything & region).sum() / everything.sum()
 
 
+@pytest.mark.slow
 def test_text_prompt_ranks_masks_with_clip(fs, seg, dense, comfy_home):
     from comfyui_diffstyler.nodes.adapters import fastsam_clip
     from transformers import CLIPModel, CLIPProcessor
@@ -528,6 +532,7 @@ print(json.dumps({"registered": registered, "error": error, "imported": "ultraly
 """
 
 
+@pytest.mark.slow
 def test_without_ultralytics_nodes_register_and_fail_with_install_hint(tmp_path, comfy_home):
     script = f"TESTS = {str(REPO / 'tests')!r}\nBASE = {str(tmp_path)!r}\n" + textwrap.dedent(_NO_ULTRALYTICS)
     env = {**os.environ, "COMFYUI_PATH": str(comfy_home.root), "YOLO_CONFIG_DIR": str(tmp_path / "yolo")}
@@ -540,6 +545,7 @@ def test_without_ultralytics_nodes_register_and_fail_with_install_hint(tmp_path,
     assert "pip install ultralytics" in result["error"] and not result["imported"]
 
 
+@pytest.mark.slow
 def test_no_network_and_nothing_written_outside_the_temp_folders(offline, fs, seg, models):
     with pytest.raises(OSError, match="network access attempted"):
         socket.create_connection(("example.com", 80))

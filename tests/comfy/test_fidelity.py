@@ -13,22 +13,10 @@ import dst_oracle
 import pytest
 import torch
 from comfyui_diffstyler.nodes.harness.styles import overlapping_masks, run_styles
+from dst_fixtures import mods, one_torch_thread  # noqa: F401 - fixtures
 
 STEPS = 10
 TOL = 1e-4  # relative difference of the final latent
-
-
-@pytest.fixture(scope="module")
-def mods(pack):
-    from comfyui_diffstyler.nodes import inject, sample, style
-    from comfyui_diffstyler.nodes.adapters import inversion
-
-    class M:
-        pass
-
-    m = M()
-    m.inv, m.inject, m.sample, m.style = inversion, inject, sample, style
-    return m
 
 
 class Case:
@@ -86,7 +74,9 @@ def inversions(mods, case):
     """(pack inversion, oracle inversion) of the case's content, computed once per model."""
     if case.name not in _INVERSIONS:
         grid, stride = GRID[case.name]
-        pack_inv = mods.inv.invert(case.model, case.content, STEPS, case.prompts["empty"], disable_pbar=True, grid=grid)
+        pack_inv = mods.inversion.invert(
+            case.model, case.content, STEPS, case.prompts["empty"], disable_pbar=True, grid=grid
+        )
         oracle_inv = dst_oracle.invert(case.model, case.content, STEPS, case.prompts["empty"], stride=stride)
         _INVERSIONS[case.name] = (pack_inv, oracle_inv)
     return _INVERSIONS[case.name]
@@ -213,6 +203,7 @@ def test_a_model_style_equals_the_released_pipeline(mods, sd15, background):
     assert rel(plain, want) > 100 * TOL
 
 
+@pytest.mark.slow
 def test_inversion_equals_the_released_fine_grid(mods, sd15):
     """The kept latents at the sampling timesteps equal the oracle's fine-grid inversion, start included."""
     pack_inv, oracle_inv = inversions(mods, sd15)
@@ -231,8 +222,7 @@ def test_sd15_defaults_equal_the_released_pipeline(mods, sd15, k, background):
     check(mods, sd15, k, background)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case_name", ["sd2v", "sdxl"])
+@pytest.mark.parametrize("case_name", ["sd2v", pytest.param("sdxl", marks=pytest.mark.slow)])  # sd2v: the quick oracle
 def test_sd2v_and_sdxl_defaults_equal_the_released_pipeline(mods, request, case_name):
     case = request.getfixturevalue(case_name)
     check(mods, case, 2, "model")
@@ -264,7 +254,7 @@ def test_each_speed_up_option_departs_from_the_released_pipeline(mods, sd15, opt
     elif option == "base_injection=style windows":
         kwargs.update(content_rows="per style", base_injection="style windows")
     else:
-        pack_inv = mods.inv.invert(
+        pack_inv = mods.inversion.invert(
             sd15.model, sd15.content, STEPS, sd15.prompts["empty"], disable_pbar=True, grid="sampling"
         )
     if "fusion" not in kwargs and ("content_rows" in kwargs or "base_injection" in kwargs):

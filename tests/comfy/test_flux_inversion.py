@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-import comfy_host
 import pytest
 import torch
+from comfyui_diffstyler.nodes.harness import executor as comfy_host
 
 STEPS = 3
 

@@ -19,19 +19,9 @@ import pytest
 import reliability_tools as rt
 import torch
 from comfyui_diffstyler.nodes.harness.graphs import hook_negative
+from dst_fixtures import mods, one_torch_thread  # noqa: F401 - fixtures
 
 STEPS = 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    with rt.torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def mods(pack):
-    return rt.node_modules()
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +80,7 @@ def split_call(args: tuple, kwargs: dict, chunks: list[int]):
     return (take(x), take(t), take(c_concat), take(c_crossattn), control, options), kw, rows
 
 
+@pytest.mark.slow
 def test_concurrent_styled_calls_match_sequential(tiny, mods, prompts, content):
     """Two styled apply_model calls of one step, in flight at the same time in two threads on one patched model (as
     ComfyUI's per-device threads run them), give the rows they give one after the other and the rows of the whole
@@ -174,6 +165,7 @@ def hooked(mods, tiny, comfy_home, text: str):
     return cond
 
 
+@pytest.mark.slow  # a second BaseModel from the checkpoint (force_deepcopy): ~30 s on v0.33
 def test_inversion_accepted_on_the_non_dynamic_delegate(tiny, mods, prompts, content, comfy_home):
     """An inversion made on the MODEL is accepted by a sampler whose patched model is the MODEL's reloaded copy (what
     ComfyUI's non-dynamic delegate is), with a hooked negative prompt, and gives the same latent as on the MODEL."""

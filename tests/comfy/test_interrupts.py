@@ -21,47 +21,19 @@ import pytest
 import reliability_tools as rt
 import torch
 from comfyui_diffstyler.nodes.harness import executor as comfy_host
+from dst_fixtures import (  # noqa: F401 - fixtures
+    content,
+    content_latent,
+    inverted,
+    mods,
+    one_torch_thread,
+    probe,
+    prompts,
+)
 
 STEPS = 6
 AT = 2
 TRIGGERS = ("unet", "progress")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread for the whole module (see reliability_tools.torch_threads: much faster on a busy machine)."""
-    with rt.torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def mods(pack):
-    return rt.node_modules()
-
-
-@pytest.fixture(scope="module")
-def prompts(tiny):
-    def enc(text):
-        return tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(text))
-
-    return {"empty": enc(""), "style": enc("painting of <sss>, deer"), "base": enc("a deer"), "neg": enc("ugly")}
-
-
-@pytest.fixture(scope="module")
-def probe(tiny, prompts, one_torch_thread):
-    return rt.ModelProbe(tiny.model, prompts["style"])
-
-
-@pytest.fixture(scope="module")
-def content(tiny):
-    img = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        return tiny.vae.encode(img).float()
-
-
-@pytest.fixture(scope="module")
-def inverted(tiny, mods, content, prompts):
-    return mods.inversion.invert(tiny.model, content, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
 
 
 @pytest.fixture(scope="module")
@@ -117,16 +89,18 @@ def sample(mods, patched, inversion, prompts, styles):
 
 
 @pytest.mark.parametrize("trigger", TRIGGERS)
-def test_interrupt_during_inversion(tiny, mods, content, prompts, inverted, interrupter, trigger):
+def test_interrupt_during_inversion(tiny, mods, content_latent, prompts, inverted, interrupter, trigger):
     import comfy.model_management
 
     counted = tiny.model.clone()
     calls = arm(trigger, interrupter, counted)
     with pytest.raises(comfy.model_management.InterruptProcessingException):
-        mods.inversion.invert(counted, content, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
+        mods.inversion.invert(counted, content_latent, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
     assert interrupter.fired and interrupter.calls_after <= 1, (len(calls), interrupter.calls_after)
     assert len(calls) <= AT + 1 < STEPS
-    again = mods.inversion.invert(tiny.model, content, STEPS, prompts["empty"], disable_pbar=True, grid="sampling")
+    again = mods.inversion.invert(
+        tiny.model, content_latent, STEPS, prompts["empty"], disable_pbar=True, grid="sampling"
+    )
     assert torch.equal(again.trajectory, inverted.trajectory)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from dst_fixtures import one_torch_thread  # noqa: F401 - fixture
 from PIL import Image
 
 
@@ -65,7 +66,9 @@ def test_batch_and_non_square(tiny, inv_mod, empty_cond):
     assert torch.allclose(single.trajectory[:, 0], res.trajectory[:, 1], atol=1e-5)
 
 
-@pytest.mark.parametrize("grid,rows", [("fine", 901), ("fine/10", 91), ("sampling", 10)])
+@pytest.mark.parametrize(
+    "grid,rows", [pytest.param("fine", 901, marks=pytest.mark.slow), ("fine/10", 91), ("sampling", 10)]
+)
 def test_grids_rows_and_reconstruction(tiny, inv_mod, empty_cond, grid, rows):
     """Each grid walks t = 1 .. the first sampling timestep (901 for 10 steps) at its stride, keeps the latents at
     the sampling timesteps only, and plain DDIM from its start gives the content back."""

@@ -23,16 +23,10 @@ import dst_core
 import pytest
 import reliability_tools as rt
 import torch
+from dst_fixtures import one_torch_thread  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread for the whole module (see reliability_tools.torch_threads: much faster on a busy machine)."""
-    with rt.torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -326,6 +320,7 @@ def test_cfg1_uncond_when_a_node_asks_and_a_calc_cond_batch_function_runs(tiny, 
     assert float((out - stylize(tiny.model, inv, cond, neg, styles)).abs().max()) <= 1e-4
 
 
+@pytest.mark.slow
 def test_under_comfyuis_torch_compile_wrapper(tiny, pack):
     """ComfyUI's TorchCompileModel node (``set_torch_compile_wrapper``) before the Injector: dynamo traces the
     patched UNet with our layers in it, and the result equals the uncompiled run. Backend "eager" (dynamo's graph
@@ -357,6 +352,7 @@ def test_under_comfyuis_torch_compile_wrapper(tiny, pack):
 # ---------------------------------------------------------------------------------------------- soak
 
 
+@pytest.mark.slow
 def test_soak_twelve_runs_in_one_executor(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["YOLO_CONFIG_DIR"] = str(tmp_path / "yolo")

@@ -18,30 +18,12 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
+from dst_fixtures import mods, one_torch_thread, prompts  # noqa: F401 - fixtures
 
 STEPS = 2
+HALF = pytest.param(0.5, marks=pytest.mark.slow)  # every format at strength 1.0 in the quick tier, 0.5 in the full
 TOL = 1e-4  # max |pack - library| over max |library - base|: relative to what the LoRA changes
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def mods(pack):
-    from comfyui_diffstyler.nodes import inject, invert, sample, style
-
-    class M:
-        pass
-
-    m = M()
-    m.inject, m.invert, m.sample, m.style = inject, invert, sample, style
-    return m
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +56,6 @@ def build_twin(model, layers_per_block: int = 2, load: bool = True, width: int =
         sd = {k: state["diffusion_model." + v] for k, v in mapping.items() if "diffusion_model." + v in state}
         twin.load_state_dict(sd, strict=True)
     return twin.eval()
-
-
-@pytest.fixture(scope="module")
-def prompts(tiny):
-    enc = lambda t: tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(t))  # noqa: E731
-    return {"empty": enc(""), "style": enc("painting of <sss>, deer"), "neg": enc("ugly, blurry")}
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +193,7 @@ def loras_dir(comfy_home):
 # ------------------------------------------------------------------ formats applied at their true strength
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.5])
+@pytest.mark.parametrize("strength", [1.0, HALF])
 def test_peft_file_alpha_from_the_header(tiny, mods, prompts, inversion, base_twin, comfy_home, strength):
     """PEFT keys (``unet.<module>.lora_A.weight``) with the alpha only in ``lora_adapter_metadata``: r 4, alpha 8,
     and a rank/alpha pattern for the cross-attention keys."""
@@ -241,7 +217,7 @@ def test_peft_file_alpha_from_the_header(tiny, mods, prompts, inversion, base_tw
     assert_matches_library(tiny, mods, prompts, inversion, base_twin, "fmt_peft.safetensors", reference, strength)
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.5])
+@pytest.mark.parametrize("strength", [1.0, HALF])
 def test_peft_rslora_file(tiny, mods, prompts, inversion, base_twin, comfy_home, strength):
     """``use_rslora`` in the header: scaling alpha/sqrt(r)."""
     twin = peft_twin(base_twin, seed=2, r=4, lora_alpha=3, use_rslora=True, target_modules=ATTN)
@@ -251,7 +227,7 @@ def test_peft_rslora_file(tiny, mods, prompts, inversion, base_twin, comfy_home,
     )
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.5])
+@pytest.mark.parametrize("strength", [1.0, HALF])
 def test_diffusers_old_format(tiny, mods, prompts, inversion, base_twin, comfy_home, strength):
     """``unet.<module>.lora.down.weight`` / ``.lora.up.weight`` (diffusers before PEFT; ``convert_state_dict_to_
     diffusers``), read by diffusers itself as the reference (no alpha in that format: scale 1)."""
@@ -283,7 +259,7 @@ def save_kohya(twin, path) -> dict:
     return sd
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.5])
+@pytest.mark.parametrize("strength", [1.0, HALF])
 def test_kohya_file(tiny, mods, prompts, inversion, base_twin, comfy_home, strength):
     twin = peft_twin(base_twin, seed=4, r=4, lora_alpha=4, target_modules=ATTN + ["proj_in", "ff.net.2"])
     sd = save_kohya(twin, loras_dir(comfy_home) / "fmt_kohya.safetensors")
@@ -293,7 +269,7 @@ def test_kohya_file(tiny, mods, prompts, inversion, base_twin, comfy_home, stren
     )
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.5])
+@pytest.mark.parametrize("strength", [1.0, HALF])
 @pytest.mark.parametrize("algo", ["lora", "loha", "lokr"])
 def test_lycoris_locon_loha_lokr(tiny, mods, prompts, inversion, base_twin, comfy_home, algo, strength):
     """LyCORIS LoCon ("lora"), LoHa and LoKr on every layer LyCORIS targets by default (attention, ResBlock 3x3
@@ -309,7 +285,7 @@ def test_lycoris_locon_loha_lokr(tiny, mods, prompts, inversion, base_twin, comf
 # ------------------------------------------------------------------ DoRA
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.5])
+@pytest.mark.parametrize("strength", [1.0, HALF])
 @pytest.mark.parametrize("layout", ["peft", "kohya"])
 def test_peft_dora(tiny, mods, prompts, inversion, base_twin, comfy_home, layout, strength):
     """peft ``use_dora=True``: as diffusers saves it (``lora_magnitude_vector``) and converted to kohya by diffusers
@@ -324,7 +300,7 @@ def test_peft_dora(tiny, mods, prompts, inversion, base_twin, comfy_home, layout
     assert_matches_library(tiny, mods, prompts, inversion, base_twin, name, with_strength(twin), strength)
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.5])
+@pytest.mark.parametrize("strength", [1.0, HALF])
 @pytest.mark.parametrize("wd_on_output", [True, False])
 def test_lycoris_dora(tiny, mods, prompts, inversion, base_twin, comfy_home, wd_on_output, strength):
     """LyCORIS LoRA with ``dora_wd`` (norm per output row, or per input column with ``wd_on_output=False``)."""

@@ -21,6 +21,7 @@ import photo_fixtures as pf
 import pytest
 import scipy.ndimage
 from comfyui_diffstyler.nodes.harness import workflow as wt
+from dst_fixtures import infos, one_torch_thread  # noqa: F401 - fixtures
 from PIL import Image
 
 FEATHER = 12
@@ -107,18 +108,18 @@ def _png(home, result, node_id) -> np.ndarray:
         return np.asarray(im).astype(np.int16)
 
 
-@pytest.fixture(scope="module")
-def infos(comfy_home):
-    return wt.object_info()
-
-
 CASES = {  # (height, width): ellipses (cy, cx, ry, rx) as fractions of the picture
     (389, 517): [(0.55, 0.35, 0.22, 0.18)],
     (424, 640): [(0.3, 0.7, 0.15, 0.12), (0.7, 0.3, 0.2, 0.25)],
 }
+QUICK = (389, 517)  # the size the quick tier (-m "not slow") runs
 
 
-@pytest.mark.parametrize("size", sorted(CASES), ids=lambda s: f"{s[1]}x{s[0]}")
+@pytest.mark.parametrize(
+    "size",
+    [s if s == QUICK else pytest.param(s, marks=pytest.mark.slow) for s in sorted(CASES)],
+    ids=lambda s: f"{s[1]}x{s[0]}",
+)
 def test_original_pixels_outside_the_region_bit_for_bit(size, infos, tiny, comfy_home, run_graph):
     height, width = size
     photo = pf.photo(height, width, seed=height)
@@ -160,6 +161,7 @@ def test_original_pixels_outside_the_region_bit_for_bit(size, infos, tiny, comfy
     assert differs.sum() > 100
 
 
+@pytest.mark.slow
 def test_keep_original_off_is_the_decoded_crop_in_the_original_border(infos, tiny, comfy_home, run_graph):
     """background = model: the model repaints the background; keep_original off pastes the whole decoded crop."""
     height, width = 389, 517

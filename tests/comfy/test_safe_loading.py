@@ -282,6 +282,7 @@ def test_symlinks_inside_model_folders(comfy_home, fastsam, tmp_path, cleanup):
 # ---------------------------------------------------------------------------------------------- network
 
 
+@pytest.mark.slow
 def test_no_network_for_a_styles_graph_a_fastsam_graph_and_training(guard, comfy_home, tiny, fastsam, run_graph):
     with pytest.raises(OSError, match="network access attempted"):
         __import__("socket").create_connection(("example.com", 80), timeout=1)

@@ -12,22 +12,10 @@ import dst_core
 import pytest
 import reliability_tools as rt
 import torch
+from dst_fixtures import content, content_latent, mods, one_torch_thread  # noqa: F401 - fixtures
 
 STEPS = 10
 FEAT, QK = 0.6, 0.5  # the released windows: ResBlock on steps 0-5 of 10, Q/K on steps 0-4
-
-
-@pytest.fixture(scope="module")
-def mods(pack):
-    from comfyui_diffstyler.nodes import inject, invert, sample, style
-    from comfyui_diffstyler.nodes.adapters import style_cache
-
-    class M:
-        pass
-
-    m = M()
-    m.invert, m.inject, m.sample, m.style, m.style_cache = invert, inject, sample, style, style_cache
-    return m
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +32,6 @@ def prompts(tiny):
         "neg2": "low quality",
     }
     return {k: enc(v) for k, v in texts.items()}
-
-
-@pytest.fixture(scope="module")
-def latent(tiny):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        return tiny.vae.encode(torch.rand(1, 64, 64, 3, generator=g)).float()
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +124,8 @@ def compare(a, b):
 
 
 @pytest.mark.parametrize("k", [1, 2])
-def test_rerun_runs_two_rows_per_style_and_equals_the_uncached_run(tiny, mods, latent, prompts, loras, k):
-    inv = invert(mods, tiny, latent, prompts)
+def test_rerun_runs_two_rows_per_style_and_equals_the_uncached_run(tiny, mods, content_latent, prompts, loras, k):
+    inv = invert(mods, tiny, content_latent, prompts)
     cache = inv.source_cache
     assert cache is not None and cache.limit == 2048 * 2**20
     _, rows = sample(mods, tiny, inv, styles_of(mods, first_run(k, loras, prompts)), prompts)
@@ -158,7 +139,7 @@ def test_rerun_runs_two_rows_per_style_and_equals_the_uncached_run(tiny, mods, l
     assert rows == [2 * k] * STEPS, "the re-run runs no content row: 2 rows per style per step"
     assert cache.hits == 6 * k
     # the uncached run of the same new inputs: a fresh inversion (the same trajectory), and the cache off
-    plain_inv = invert(mods, tiny, latent, prompts, cache_mb=0)
+    plain_inv = invert(mods, tiny, content_latent, prompts, cache_mb=0)
     assert plain_inv.source_cache is None and torch.equal(plain_inv.trajectory, inv.trajectory)
     uncached, rows = sample(mods, tiny, plain_inv, new, prompts, cfg=5.0, neg="neg2")
     assert rows == windows_rows(k)
@@ -166,14 +147,14 @@ def test_rerun_runs_two_rows_per_style_and_equals_the_uncached_run(tiny, mods, l
     print(
         f"\ncontent cache k={k}: re-run vs uncached run: torch.equal {same}, max |diff| {diff:.3e}, relative "
         f"{rel:.3e}; cache {cache.nbytes() / 2**10:.1f} KiB, {per_step / 2**10:.2f} KiB per style per step for a "
-        f"{latent.shape[-2]}x{latent.shape[-1]} latent (tiny UNet, fp32)"
+        f"{content_latent.shape[-2]}x{content_latent.shape[-1]} latent (tiny UNet, fp32)"
     )
     assert rel <= 1e-6
-    assert not torch.equal(cached, latent), "the styles must change the picture for this to mean anything"
+    assert not torch.equal(cached, content_latent), "the styles must change the picture for this to mean anything"
 
 
-def test_lora_strength_lora_and_injected_attention_are_in_the_key(tiny, mods, latent, prompts, loras):
-    inv = invert(mods, tiny, latent, prompts)
+def test_lora_strength_lora_and_injected_attention_are_in_the_key(tiny, mods, content_latent, prompts, loras):
+    inv = invert(mods, tiny, content_latent, prompts)
     one = lambda lora, strength, cond="a": styles_of(mods, [(lora, strength, prompts[cond], box(0, 40))])  # noqa: E731
     _, rows = sample(mods, tiny, inv, one(loras[0], 1.0), prompts)
     assert rows == windows_rows(1)
@@ -191,9 +172,9 @@ def test_lora_strength_lora_and_injected_attention_are_in_the_key(tiny, mods, la
     assert len(inv.source_cache.entries) == 4
 
 
-def test_shared_content_row_and_model_background_use_the_lora_free_entry(tiny, mods, latent, prompts, loras):
+def test_shared_content_row_and_model_background_use_the_lora_free_entry(tiny, mods, content_latent, prompts, loras):
     """A LoRA-free source (the shared content row, the model background's base branch) has one key, whoever uses it."""
-    inv = invert(mods, tiny, latent, prompts)
+    inv = invert(mods, tiny, content_latent, prompts)
     items = first_run(2, loras, prompts)
     _, rows = sample(mods, tiny, inv, styles_of(mods, items), prompts, content_rows="shared")
     assert rows == [5] * 6 + [4] * 4  # one shared content row
@@ -203,10 +184,10 @@ def test_shared_content_row_and_model_background_use_the_lora_free_entry(tiny, m
     assert rows == [4] * STEPS
 
 
-def test_foreign_patches_are_in_the_key(tiny, mods, latent, prompts, loras):
+def test_foreign_patches_are_in_the_key(tiny, mods, content_latent, prompts, loras):
     import comfy_extras.nodes_model_advanced as advanced
 
-    inv = invert(mods, tiny, latent, prompts)
+    inv = invert(mods, tiny, content_latent, prompts)
     styles = lambda cond: styles_of(mods, [(loras[0], 1.0, prompts[cond], box(0, 40))])  # noqa: E731
     _, rows = sample(mods, tiny, inv, styles("a"), prompts)
     assert rows == windows_rows(1)
@@ -230,13 +211,13 @@ def test_foreign_patches_are_in_the_key(tiny, mods, latent, prompts, loras):
     chained.set_model_attn1_replace(other_replace, "output", 4)  # ours chains to it
     out, rows = sample(mods, tiny, inv, styles("c"), prompts, model=chained)
     assert rows == windows_rows(1), "an attention replace ours chains to: a miss"
-    plain = invert(mods, tiny, latent, prompts, cache_mb=0)
+    plain = invert(mods, tiny, content_latent, prompts, cache_mb=0)
     ref, _ = sample(mods, tiny, plain, styles("c"), prompts, model=chained)
     assert torch.equal(out, ref)
 
     # another node's object patch (ModelSamplingDiscrete's model_sampling; the inversion is made through it)
     (sampling,) = advanced.ModelSamplingDiscrete().patch(tiny.model, "eps", False)
-    inv = invert(mods, tiny, latent, prompts, model=sampling)
+    inv = invert(mods, tiny, content_latent, prompts, model=sampling)
     _, rows = sample(mods, tiny, inv, styles("a"), prompts, model=sampling)
     assert rows == windows_rows(1)
     _, rows = sample(mods, tiny, inv, styles("c"), prompts, model=sampling)
@@ -246,8 +227,8 @@ def test_foreign_patches_are_in_the_key(tiny, mods, latent, prompts, loras):
     assert rows == windows_rows(1), "another object patch (equal numbers, another object): a miss"
 
 
-def test_lru_bound_and_the_log(tiny, mods, latent, prompts, loras, caplog):
-    inv = invert(mods, tiny, latent, prompts)
+def test_lru_bound_and_the_log(tiny, mods, content_latent, prompts, loras, caplog):
+    inv = invert(mods, tiny, content_latent, prompts)
     _, rows = sample(mods, tiny, inv, styles_of(mods, first_run(1, loras, prompts)), prompts)
     entry = next(iter(inv.source_cache.entries.values()))
     size = entry.nbytes
@@ -279,8 +260,8 @@ def test_lru_bound_and_the_log(tiny, mods, latent, prompts, loras, caplog):
     assert caplog.text.count("more than content_cache_mb") == 1 and "MB per step for a 8x8 latent" in caplog.text
 
 
-def test_dropping_the_inversion_frees_the_cache(tiny, mods, latent, prompts, loras):
-    inv = invert(mods, tiny, latent, prompts)
+def test_dropping_the_inversion_frees_the_cache(tiny, mods, content_latent, prompts, loras):
+    inv = invert(mods, tiny, content_latent, prompts)
     _, _rows = sample(mods, tiny, inv, styles_of(mods, first_run(2, loras, prompts)), prompts)
     cache = inv.source_cache
     stored = next(iter(cache.entries.values())).res[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dst_core
 import pytest
 import torch
-from dst_fixtures import content, inverted, mods, prompts  # noqa: F401 - fixtures
+from dst_fixtures import content, inverted, mods, one_torch_thread, prompts  # noqa: F401 - fixtures
 from test_core import STEPS, half_mask, inject
 
 

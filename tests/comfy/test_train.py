@@ -10,19 +10,10 @@ import pytest
 import torch
 from comfyui_diffstyler.nodes.harness import executor as comfy_host
 from comfyui_diffstyler.nodes.harness import graphs
+from dst_fixtures import one_torch_thread  # noqa: F401 - fixture
 from PIL import Image
 
 PROMPT = "painting of <sss>"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """These tests run many tiny ops; on a shared 2-core runner two OpenMP threads per process oversubscribe the
-    cores (a 64 px step measured 0.12 s with one thread and 1.3-2.8 s with two under load), so use one here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +104,7 @@ def assert_untouched(model, before_out, before_sd):
 # ----------------------------------------------------------------------------------------------- learning
 
 
+@pytest.mark.slow
 def test_it_learns(tiny, tr, core):
     """100 steps on one image: the loss at 10 fixed timesteps with fixed noise falls below half its start.
 
@@ -392,6 +384,7 @@ def _save_input_image(comfy_home, name="style.png", size=(64, 64), seed=0):
     return name
 
 
+@pytest.mark.slow
 def test_graph_train_then_load_save_and_preview(tiny, run_graph, comfy_home):
     name = _save_input_image(comfy_home)
     prompt = graphs.train_lora_prompt(tiny.checkpoint, name, "graph_style", steps=10, prompt=PROMPT, preview=False)

@@ -15,12 +15,8 @@ import uuid
 import numpy as np
 import pytest
 from comfyui_diffstyler.nodes.harness import workflow as wt
+from dst_fixtures import infos, one_torch_thread  # noqa: F401 - fixtures
 from PIL import Image
-
-
-@pytest.fixture(scope="module")
-def infos(comfy_home):
-    return wt.object_info()
 
 
 @pytest.fixture(scope="module")

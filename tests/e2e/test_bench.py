@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import conftest
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # each test runs a bench script in its own Python
 
 
 def test_bench_prints_the_table_and_the_json_contract(tmp_path):

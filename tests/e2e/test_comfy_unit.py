@@ -103,6 +103,7 @@ def _outcomes(junit: Path) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow  # ComfyUI's own unit suite, twice, in subprocesses
 def test_comfyui_unit_tests_pass_with_the_pack_installed(tmp_path):
     src = require_comfyui()
     if not (src / "tests-unit").is_dir():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from comfyui_diffstyler.nodes.harness.server import PACK_DIR_NAME
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.slow]  # each module run starts main.py --cpu
 
 CORE_NODES = {
     "DiffStylerInvert",

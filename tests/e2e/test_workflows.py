@@ -22,6 +22,7 @@ import pytest
 import safetensors.torch
 import scipy.ndimage
 from comfyui_diffstyler.nodes.harness import workflow as wt
+from dst_fixtures import infos, one_torch_thread, yolo_config  # noqa: F401 - fixtures
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +35,7 @@ SHIPPED = {
     "diffstyler_two_styles_in_time.json": 2,
 }
 GLOBAL = "diffstyler_global_style.json"  # no mask: the whole picture
+QUICK = "diffstyler_one_style.json"  # the workflow the quick tier (-m "not slow") runs headless
 PLACEHOLDERS = ("v1-5-pruned-emaonly.safetensors", "my_style.safetensors", "FastSAM-s.pt")
 FASTSAM = "wf_fastsam_dense.pt"
 LORAS = ("wf_style_1.safetensors", "wf_style_2.safetensors")
@@ -43,21 +45,6 @@ IMGSZ = 128
 
 def _load(name: str) -> dict:
     return json.loads((ROOT / "workflows" / name).read_text(encoding="utf-8"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def yolo_config(tmp_path_factory):
-    """ultralytics writes its settings file on import: keep it out of the home folder."""
-    mp = pytest.MonkeyPatch()
-    if "ultralytics" not in sys.modules:
-        mp.setenv("YOLO_CONFIG_DIR", str(tmp_path_factory.mktemp("yolo_config")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def infos(comfy_home):
-    return wt.object_info()
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +242,9 @@ def test_check_workflow_finds_broken_files(infos):
 # ------------------------------------------------------------------ end to end, headless
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED))
+@pytest.mark.parametrize(
+    "name", [n if n == QUICK else pytest.param(n, marks=pytest.mark.slow) for n in sorted(SHIPPED)]
+)
 def test_workflow_runs_headless(name, infos, assets, run_graph):
     wf = tiny_workflow(name, infos)
     assert wt.check_workflow(wf, infos) == []
@@ -468,6 +457,7 @@ def test_runner_reports_every_missing_file_in_one_message(tmp_path, photo):
     assert "style 1" not in body, "'none' is a prompt-only style, not a file"
 
 
+@pytest.mark.slow
 def test_runner_reports_every_missing_workflow_model_in_one_message(tmp_path, photo, tiny):
     """A real run (a --checkpoint that exists) whose workflow names models that are not installed: all of them in
     one message (the FastSAM used to hide the LoRAs, one run each)."""

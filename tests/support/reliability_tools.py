@@ -30,27 +30,6 @@ from comfyui_diffstyler.nodes.harness.probes import (  # noqa: F401 - re-exporte
     rss_bytes,
 )
 
-
-def node_modules():
-    """The pack's node modules and the adapters the reliability tests drive directly (the pack must be loaded)."""
-    from types import SimpleNamespace
-
-    from comfyui_diffstyler.nodes import inject, invert, sample, segment, style, train
-    from comfyui_diffstyler.nodes.adapters import guider, inversion, training
-
-    return SimpleNamespace(
-        inject=inject,
-        invert=invert,
-        sample=sample,
-        segment=segment,
-        style=style,
-        train=train,
-        guider=guider,
-        inversion=inversion,
-        training=training,
-    )
-
-
 # ---------------------------------------------------------------------------------------------- model state
 
 
