@@ -6,7 +6,7 @@ from __future__ import annotations
 import dst_core
 import pytest
 import torch
-from dst_fixtures import content, inverted, mods, prompts  # noqa: F401 - fixtures
+from dst_fixtures import content, inverted, mods, one_torch_thread, prompts  # noqa: F401 - fixtures
 from test_core import STEPS, half_mask, inject
 from test_styles_in_time import active_steps, record_calls, sample, timed_styles
 

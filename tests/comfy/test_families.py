@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from dst_fixtures import mods, prompts  # noqa: F401 - fixtures
+from dst_fixtures import mods, one_torch_thread, prompts  # noqa: F401 - fixtures
 
 
 def test_the_family_is_read_from_the_model(tiny):
