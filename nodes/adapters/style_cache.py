@@ -252,13 +252,19 @@ def object_refs(model_patcher, state) -> tuple:
 def call_refs(transformer_options: dict, state) -> tuple:
     """What of this UNet call could change a content row: every ``transformer_options['patches']`` function, every
     attention replace that is not this Injector's (those ours chain to included), and every wrapper and callback
-    of other nodes (held by identity: another pack that swaps its wrapper between two runs makes a new key)."""
+    of other nodes (held by identity: another pack that swaps its wrapper between two runs makes a new key). A
+    wrapper or callback that only observes (a row counter, a progress hook) may say so with the attribute
+    ``diffstyler_cache_neutral = True``; it then stays out of the key."""
     refs = []
     for kind in ("wrappers", "callbacks"):
         for where, by_key in (transformer_options.get(kind) or {}).items():
             for key, fns in (by_key or {}).items():
                 if key != WRAPPER_KEY:
-                    refs += [(kind, f"{where}:{key}", i, Same(fn)) for i, fn in enumerate(fns)]
+                    refs += [
+                        (kind, f"{where}:{key}", i, Same(fn))
+                        for i, fn in enumerate(fns)
+                        if not getattr(fn, "diffstyler_cache_neutral", False)
+                    ]
     for name, fns in (transformer_options.get("patches") or {}).items():
         refs += [("patch", str(name), i, Same(fn)) for i, fn in enumerate(fns)]
     for kind, table in (transformer_options.get("patches_replace") or {}).items():
@@ -290,8 +296,18 @@ class RunCache:
         self._labels: dict = {}
         self._expect: dict = {}
         self.refused: set = set()  # keys that found the cache full in this run
+        self._said_refs = False
 
     def key(self, source: int, x: torch.Tensor, refs: tuple) -> tuple:
+        if not self._said_refs:
+            self._said_refs = True
+            foreign = sorted({r[1] for r in refs if r[0] in ("wrappers", "callbacks")})
+            if foreign:
+                logger.info(
+                    "DiffStyler: content cache: keyed on other nodes' wrappers/callbacks (%s): a re-run reuses the "
+                    "cached content features only while the same objects are installed",
+                    ", ".join(foreign),
+                )
         digest = NO_LORA if source == Source.SHARED else lora_digest(self.state, source)
         key = (digest, *self.base, str(x.device), str(x.dtype), refs)
         self.in_use.add(key)

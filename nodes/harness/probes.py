@@ -26,6 +26,7 @@ def count_unet_calls(model, key: str = "diffstyler-count", on_call=None, calls: 
             on_call(len(calls))
         return executor(x, *args, **kwargs)
 
+    wrapper.diffstyler_cache_neutral = True  # it only observes: the content cache may serve its runs
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, key, wrapper)
     return calls
 
