@@ -11,7 +11,7 @@ iou 0.9 leaves about two hundred overlapping boxes of many sizes (about 100 to 5
 masks fill their boxes. Those are the network's own outputs, decoded and post-processed by ultralytics as for real
 weights, but they hardly depend on the picture: where the picture must matter, CLIP (text prompts) scores the crops.
 ``class_bias`` None keeps ultralytics' init: zero detections. ultralytics is reached through the pack's one module
-that imports it (``adapters/fastsam.py``).
+that imports it (``adapters/fastsam_model.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def build_fastsam_s(seed: int = 0, class_bias: float | None = 2.0):
     """YOLOv8s-seg (FastSAM-s architecture), 1 class, seeded random weights; ``class_bias`` None keeps the init."""
     import torch
 
-    from ..adapters.fastsam import import_ultralytics
+    from ..adapters.fastsam_model import import_ultralytics
 
     _, _, tasks, _ = import_ultralytics()
     torch.manual_seed(seed)
@@ -38,7 +38,7 @@ def build_fastsam_s(seed: int = 0, class_bias: float | None = 2.0):
 
 def save_fastsam(path: Path, seed: int = 0, class_bias: float | None = 2.0):
     """Save a random FastSAM-s in ultralytics' checkpoint format (``Model.save``); returns the module."""
-    from ..adapters.fastsam import import_ultralytics
+    from ..adapters.fastsam_model import import_ultralytics
 
     ultralytics = import_ultralytics()[0]
     net = build_fastsam_s(seed, class_bias)
