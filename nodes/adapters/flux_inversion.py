@@ -22,7 +22,7 @@ from tqdm.auto import trange
 
 from ..core import flow
 from ..core.inversion import InversionResult
-from .inversion import make_fingerprint, validate_latent
+from .inversion import make_fingerprint, validate_latent, walk_inverse
 
 logger = logging.getLogger(__name__)
 
@@ -144,19 +144,7 @@ def invert(
     kept: dict[int, torch.Tensor] = {}
     sampler = comfy.samplers.KSAMPLER(sample_flow_inverse, extra_options={"probe": probe, "keep": keep, "kept": kept})
     cond = inversion_conditioning(conditioning)
-    guider = comfy.samplers.CFGGuider(run_model)
-    guider.set_conds(cond, cond)
-    guider.set_cfg(1.0)
-
-    n_grid = int(ascending.shape[0]) - 1
-    pbar = comfy.utils.ProgressBar(n_grid)
-
-    def callback(step, x0, x, total):
-        pbar.update_absolute(step + 1, total)
-
-    latent = samples.to(torch.float32)
-    # the returned sample is discarded: ComfyUI divides it by (1 - sigma_last), which is 0 at sigma 1
-    guider.sample(torch.zeros_like(latent), latent, sampler, ascending, callback=callback, disable_pbar=disable_pbar)
+    n_grid = walk_inverse(run_model, cond, sampler, ascending, samples.to(torch.float32), disable_pbar)
 
     traj = torch.stack([kept[j] for j in keep]).to("cpu", torch.float32)  # descending: traj[i] at sigmas[i]
     fp = make_fingerprint(model, steps, samples.shape, sigmas)

@@ -181,19 +181,8 @@ def invert(
     if recorder is not None:
         extra["recorder"] = recorder
     sampler = comfy.samplers.KSAMPLER(sample_ddim_inverse, extra_options=extra)
-    guider = comfy.samplers.CFGGuider(run_model)
-    guider.set_conds(conditioning, conditioning)
-    guider.set_cfg(1.0)
-
-    n_grid = int(ascending.shape[0]) - 1
-    pbar = comfy.utils.ProgressBar(n_grid)
-
-    def callback(step, x0, x, total):
-        pbar.update_absolute(step + 1, total)
-
     latent = samples.to(torch.float32)
-    noise = torch.zeros_like(latent)
-    guider.sample(noise, latent, sampler, ascending, callback=callback, disable_pbar=disable_pbar, seed=0)
+    n_grid = walk_inverse(run_model, conditioning, sampler, ascending, latent, disable_pbar)
 
     # descending sigma order: traj[i] at sigmas[i] (the kept sampling timesteps), then the clean latent at sigma 0
     kept = trajectory[::-1]  # appended in ascending grid order
@@ -219,6 +208,28 @@ def invert(
         grid=grid,
         unet_rows=n_grid,
     )
+
+
+def walk_inverse(
+    model, conditioning, sampler, ascending: torch.Tensor, latent: torch.Tensor, disable_pbar: bool
+) -> int:
+    """Run an inversion ``sampler`` (a KSAMPLER walking the ascending grid) on ``model`` at cfg 1 with ``conditioning``
+    through ComfyUI's own guider, so progress bar, previews and interrupt work as in sampling; returns the grid's
+    steps (model rows per image). What the sampler keeps (the trajectory) it writes into its own extra options; the
+    guider's returned sample is not used (a flow model's is divided by 1 - sigma_last, 0 at sigma 1)."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(conditioning, conditioning)
+    guider.set_cfg(1.0)
+    n_grid = int(ascending.shape[0]) - 1
+    pbar = comfy.utils.ProgressBar(n_grid)
+
+    def callback(step, x0, x, total):
+        pbar.update_absolute(step + 1, total)
+
+    guider.sample(
+        torch.zeros_like(latent), latent, sampler, ascending, callback=callback, disable_pbar=disable_pbar, seed=0
+    )
+    return n_grid
 
 
 def latent_out(model, model_space: torch.Tensor) -> torch.Tensor:
