@@ -355,9 +355,11 @@ def test_bad_inputs_name_the_input(tiny, tr, core, pack):
         cfg(core, rank=0)
     with pytest.raises(ValueError, match="steps: expected at least 1"):
         cfg(core, steps=0)
+    from comfyui_diffstyler.nodes.adapters import lora_save
+
     for bad in ("../evil", "sub/name", "a\\b", ".."):
         with pytest.raises(ValueError, match="save_name"):
-            tr.save_lora_file({}, bad)
+            lora_save.save_lora_file({}, bad)
         assert "save_name" in Node.validate_inputs(save_name=bad)
     assert Node.validate_inputs(save_name="my_style") is True
     args = dict(prompt=PROMPT, steps=2, learning_rate=1e-3, targets="attention", seed=0, resolution=64)

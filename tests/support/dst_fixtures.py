@@ -92,7 +92,7 @@ def inverted(request, tiny, mods, content, prompts):
 @pytest.fixture(scope="module")
 def infos(comfy_home):
     """ComfyUI's /object_info for every registered node (in-process)."""
-    import workflow_tools as wt
+    from comfyui_diffstyler.nodes.harness import workflow as wt
 
     return wt.object_info()
 
