@@ -309,7 +309,7 @@ def test_graph_rerun_with_another_prompt_runs_two_rows_per_style(tiny, run_graph
     assert rel <= 1e-6
 
 
-def test_another_packs_new_wrapper_is_not_served_stale_features(tiny, mods, latent, prompts, loras):
+def test_another_packs_new_wrapper_is_not_served_stale_features(tiny, mods, content_latent, prompts, loras):
     """Only another pack's wrapper changes between two runs (a DIFFUSION_MODEL wrapper that scales the UNet input,
     so the content rows compute other features): the second run runs its content rows again and equals a run on an
     inversion without a cache."""
@@ -323,12 +323,12 @@ def test_another_packs_new_wrapper_is_not_served_stale_features(tiny, mods, late
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "other-pack", other_pack)
         return model
 
-    inv = invert(mods, tiny, latent, prompts)
+    inv = invert(mods, tiny, content_latent, prompts)
     styles = styles_of(mods, first_run(1, loras, prompts))
     sample(mods, tiny, inv, styles, prompts, model=with_wrapper(1.02))
     second, rows = sample(mods, tiny, inv, styles, prompts, model=with_wrapper(0.98))
     uncached, _ = sample(
-        mods, tiny, invert(mods, tiny, latent, prompts, cache_mb=0), styles, prompts, model=with_wrapper(0.98)
+        mods, tiny, invert(mods, tiny, content_latent, prompts, cache_mb=0), styles, prompts, model=with_wrapper(0.98)
     )
     same, diff, rel = compare(second, uncached)
     print(f"\nanother pack's wrapper changed: vs the uncached run max |diff| {diff:.2e} (relative {rel:.2e})")
