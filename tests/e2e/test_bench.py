@@ -41,9 +41,10 @@ def test_bench_prints_the_table_and_the_json_contract(tmp_path):
     rows = res["rows_per_step"]
     assert rows["plain"] == 2 and rows["reference_k1"] == 6 and rows["reference_k3"] == 12
     assert rows["fast_k1"] == rows["fast_k3"] == 2 and rows["cache_k3"] == 6
-    # a style on the first half of the steps runs its rows there only; a MODEL style runs the defaults' rows, in
-    # its own UNet's call
-    assert 0 < rows["half_k1"] <= rows["diffstyler_k1"] / 2 + 0.5 and rows["half_k1"] * 4 % 3 == 0
+    # a style on the first half of the steps runs its rows there only, then the base branch carries its region on
+    # (its LoRA-free content row, cond, uncond: 3 rows on each step after the end, issue 25); a MODEL style runs the
+    # defaults' rows, in its own UNet's call
+    assert rows["half_k1"] == 3, rows["half_k1"]
     assert rows["model_style_k1"] == rows["diffstyler_k1"]
     # one content row per style, only inside the windows (2 of the 4 steps here): k=3 runs three times k=1's
     assert 2 < rows["diffstyler_k1"] < 3 and abs((rows["diffstyler_k3"] - 6) - 3 * (rows["diffstyler_k1"] - 2)) < 1e-9
