@@ -6,7 +6,8 @@ import comfy.utils
 import latent_preview
 
 from ._api import io
-from .adapters.guider import BACKGROUNDS, DiffStylerGuider, ddim_sampler
+from .adapters.ddim import ddim_sampler
+from .adapters.guider import BACKGROUNDS, DiffStylerGuider
 from .core.masks import MASK_MODES
 from .invert import INVERSION
 from .style import STYLES

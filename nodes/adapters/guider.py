@@ -26,15 +26,12 @@ from ..core.styles import Style
 from . import inversion as inversion_adapter
 from . import style_cache
 from .areas import check_areas
-from .ddim import ddim_sampler, sample_diffstyler_ddim
 from .injector.attention import overridden_replaces
 from .injector.install import state_of
 from .injector.state import RunPlan
 from .model_styles import ModelStyles
 
 logger = logging.getLogger(__name__)
-
-__all__ = ["BACKGROUNDS", "DiffStylerGuider", "ddim_sampler", "sample_diffstyler_ddim"]
 
 BACKGROUNDS = ("exact", "model")
 FUSED_BRANCH = Branch.FUSED

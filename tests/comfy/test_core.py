@@ -433,7 +433,8 @@ def test_bad_inputs(tiny, mods, inverted, prompts, comfy_home):
     other = dst_tiny.tiny_unet("sd15", seed=9)
     with pytest.raises(ValueError, match="another model"):
         run(mods, inject(mods, other, styles), inverted, prompts, styles)
-    from comfyui_diffstyler.nodes.adapters.guider import DiffStylerGuider, ddim_sampler
+    from comfyui_diffstyler.nodes.adapters.ddim import ddim_sampler
+    from comfyui_diffstyler.nodes.adapters.guider import DiffStylerGuider
 
     guider = DiffStylerGuider(
         inject(mods, tiny.model, styles), inverted, styles, prompts["base"], prompts["neg"], 7.5, "exact"

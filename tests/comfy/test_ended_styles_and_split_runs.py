@@ -117,7 +117,8 @@ def test_one_run_split_across_two_samplers_equals_one_run(tiny, mods, inverted, 
 
 
 def test_a_slice_off_the_inversion_schedule_is_refused_with_the_fix(tiny, mods, inverted, prompts):
-    from comfyui_diffstyler.nodes.adapters.guider import DiffStylerGuider, ddim_sampler
+    from comfyui_diffstyler.nodes.adapters.ddim import ddim_sampler
+    from comfyui_diffstyler.nodes.adapters.guider import DiffStylerGuider
 
     styles = timed_styles(mods, [(None, prompts["style"], half_mask(), 0.0, 1.0)])
     guider = DiffStylerGuider(inject(mods, tiny.model, styles), inverted, styles, prompts["base"], prompts["neg"], 7.5)

@@ -34,7 +34,7 @@ def mods(pack):
     from types import SimpleNamespace
 
     from comfyui_diffstyler.nodes import inject, invert, sample, segment, style, train
-    from comfyui_diffstyler.nodes.adapters import guider, inversion, style_cache, training
+    from comfyui_diffstyler.nodes.adapters import ddim, guider, inversion, style_cache, training
     from comfyui_diffstyler.nodes.adapters.injector import install, layers
     from comfyui_diffstyler.nodes.core import rows
 
@@ -46,6 +46,7 @@ def mods(pack):
         style=style,
         train=train,
         guider=guider,
+        ddim=ddim,
         inversion=inversion,
         inv=inversion,
         install=install,

@@ -122,7 +122,7 @@ def test_guider_given_a_latent_of_another_shape_than_the_inversion_is_refused(
         match=r"latent_image: got shape \[1, 4, 8, 12\] but the inversion's content latent is \[1, 4, 8, 8\]: "
         r"connect the inverted latent of the same DDIM Inversion",
     ):
-        g.sample(torch.zeros(1, 4, 8, 12), torch.zeros(1, 4, 8, 12), mods.guider.ddim_sampler(), inverted.sigmas)
+        g.sample(torch.zeros(1, 4, 8, 12), torch.zeros(1, 4, 8, 12), mods.ddim.ddim_sampler(), inverted.sigmas)
 
 
 # ---------------------------------------------------------------------------------------------- fallbacks
