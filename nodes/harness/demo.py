@@ -1,11 +1,13 @@
 """The tiny models put into a ComfyUI: a checkpoint file, LoRA files, a FastSAM, a tiny CLIP, the Tiny VAE node.
 
 * :func:`tiny_nodes_extension` - the V3 extension with ``DiffStylerTestTinyVAE`` (a 32-channel SD-style VAE with
-  seeded weights: the tiny checkpoint has none, and the core VAE loader always builds the full-size one). In a
-  ``main.py`` server it comes from the node pack ``nodes/harness/tiny_pack`` (:mod:`.server` links it).
+  seeded weights: the tiny checkpoint has none, and the core VAE loader always builds the full-size one) and the
+  Flux stand-ins of :mod:`.flux_demo` (tiny Flux, text encoders, VAE). In a ``main.py`` server it comes from the
+  node pack ``nodes/harness/tiny_pack`` (:mod:`.server` links it).
 * :func:`tiny_models` - the tiny checkpoint written to ``models/checkpoints`` and loaded, with a tiny VAE (the
   tests' ``tiny`` fixture, the soak).
-* :func:`write_models` - everything the headless runner's demo mode puts into the workflow.
+* :func:`write_models` - everything the headless runner's demo mode puts into the workflow (a Flux workflow: the
+  tiny Flux and Flux LoRAs, :func:`.flux_demo.write_models`).
 
 Nothing here imports ComfyUI at module import time.
 """
@@ -31,6 +33,7 @@ _STATE: dict = {}
 def tiny_nodes_extension():
     """A ``ComfyExtension`` with the Tiny VAE node; registers the tiny checkpoint config with ComfyUI too."""
     from .._api import ComfyExtension, io
+    from . import flux_demo  # imports torch: not at module level (the runner checks its options first)
 
     tiny.register_checkpoint_config()
     vaes: dict = {}
@@ -55,7 +58,7 @@ def tiny_nodes_extension():
 
     class TinyNodes(ComfyExtension):
         async def get_node_list(self):
-            return [DiffStylerTestTinyVAE]
+            return [DiffStylerTestTinyVAE, *flux_demo.node_classes()]
 
     return TinyNodes()
 
@@ -91,24 +94,30 @@ def save_checkpoint(path: Path, sd: dict) -> None:
     safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
 
 
-def write_models(folder_paths, models: Path, n_styles: int, text_masks: bool) -> dict:
-    """The demo's tiny checkpoint, one random LoRA per style, a FastSAM that detects (and a tiny CLIP for text
-    masks) in ``models``, registered first in ComfyUI's folders. Returns the names to put into the workflow."""
+def write_models(folder_paths, models: Path, n_styles: int, text_masks: bool, flux: bool = False) -> dict:
+    """The demo's tiny checkpoint (``flux``: the tiny Flux), one random LoRA per style, a FastSAM that detects (and
+    a tiny CLIP for text masks) in ``models``, registered first in ComfyUI's folders. Returns the names to put into
+    the workflow (``unet``: the tiny Flux file, None where the in-process node stands in for UNETLoader)."""
     import safetensors.torch
 
-    from . import tiny_fastsam
+    from . import flux_demo, tiny_fastsam
 
     for kind in DEMO_FOLDERS:
         (models / kind).mkdir(parents=True, exist_ok=True)
         folder_paths.add_model_folder_path(kind, str(models / kind), is_default=True)
-    sd = tiny.tiny_sd15_checkpoint_state_dict(seed=0)
-    save_checkpoint(models / "checkpoints" / DEMO_CHECKPOINT, sd)
-    model, _clip = tiny.load_checkpoint_state_dict(sd)
-    loras = []
-    for i in range(max(1, n_styles)):
-        name = f"diffstyler_demo_style_{i + 1}.safetensors"
-        safetensors.torch.save_file(tiny.random_lora(model, seed=100 + i), str(models / "loras" / name))
-        loras.append(name)
+    names = {"unet": None}
+    if flux:
+        names = flux_demo.write_models(folder_paths, models, n_styles)
+        loras = names["loras"]
+    else:
+        sd = tiny.tiny_sd15_checkpoint_state_dict(seed=0)
+        save_checkpoint(models / "checkpoints" / DEMO_CHECKPOINT, sd)
+        model, _clip = tiny.load_checkpoint_state_dict(sd)
+        loras = []
+        for i in range(max(1, n_styles)):
+            name = f"diffstyler_demo_style_{i + 1}.safetensors"
+            safetensors.torch.save_file(tiny.random_lora(model, seed=100 + i), str(models / "loras" / name))
+            loras.append(name)
     tiny_fastsam.save_fastsam(models / "fastsam" / DEMO_FASTSAM, seed=0, class_bias=2.0)  # class_bias 2: it detects
     clip = None
     if text_masks:
@@ -117,4 +126,5 @@ def write_models(folder_paths, models: Path, n_styles: int, text_masks: bool) ->
         clip = DEMO_CLIP
     for kind in DEMO_FOLDERS:
         folder_paths.filename_list_cache.pop(kind, None)
-    return {"checkpoint": DEMO_CHECKPOINT, "loras": loras, "fastsam": DEMO_FASTSAM, "clip": clip}
+    checkpoint = None if flux else DEMO_CHECKPOINT
+    return {"checkpoint": checkpoint, "loras": loras, "fastsam": DEMO_FASTSAM, "clip": clip, "unet": names["unet"]}

@@ -2,8 +2,9 @@
 
 * :func:`ui_to_api` - UI workflow -> API prompt (what ``app.graphToPrompt()`` sends), skipping Note nodes.
 * :func:`check_workflow` - structural checks a shipped workflow must pass (links, types, widget counts).
-* graph edits used by the tests and the runner: widgets by name, upstream nodes, the style chain, adding
-  nodes, :func:`use_tiny_models` (swaps model names and routes the VAE to the tiny VAE node) and
+* graph edits used by the tests and the runner: widgets by name, upstream nodes, the style chain, the text
+  encoder behind a prompt (:func:`text_encoder`, through FluxGuidance), adding nodes, :func:`use_tiny_models`
+  (swaps model names, routes the VAE to the tiny VAE node, puts the Flux stand-ins in for Flux's loaders) and
   :func:`add_paste_back`.
 
 The node specs and widget rules live in :mod:`.workflow_spec`; the names callers use from there are re-exported
@@ -221,6 +222,18 @@ def style_chain(workflow: dict) -> list[dict]:
     return chain + [n for n in loaders if n not in chain]
 
 
+def text_encoder(workflow: dict, target: dict, input_name: str) -> dict | None:
+    """The CLIP Text Encode node whose prompt reaches ``target``'s CONDITIONING input ``input_name``, through
+    conditioning-only nodes between them (FluxGuidance in the Flux workflows); None when there is none."""
+    up = upstream(workflow, target, input_name)
+    while up is not None and up[0]["type"] != "CLIPTextEncode":
+        sockets = [i["name"] for i in up[0].get("inputs") or [] if i.get("type") == "CONDITIONING"]
+        if sockets != ["conditioning"]:
+            return None
+        up = upstream(workflow, up[0], "conditioning")
+    return up[0] if up else None
+
+
 def add_node(workflow: dict, infos: dict, node_type: str, pos, widgets_values=None, size=None, title=None) -> dict:
     """Append a node with the inputs/outputs the frontend would give it (no links yet); returns it."""
     new_id = max([n["id"] for n in workflow["nodes"]] + [workflow.get("last_node_id", 0)]) + 1
@@ -277,19 +290,50 @@ def disconnect(workflow: dict, link_id: int) -> None:
     workflow["links"] = [x for x in workflow["links"] if x[0] != link_id]
 
 
+def replace_node(workflow: dict, infos: dict, old: dict, node_type: str, widgets_values=None) -> dict:
+    """Put a ``node_type`` node where ``old`` is, every link from ``old``'s outputs moved to the same output slot
+    of the new node, and remove ``old`` (its inputs must be unlinked). Returns the new node."""
+    new = add_node(workflow, infos, node_type, old["pos"], widgets_values, size=old.get("size"), title=old.get("title"))
+    for slot, _ in enumerate(old.get("outputs") or []):
+        for target, name in downstream(workflow, old, slot):
+            connect(workflow, new, slot, target, name)
+    workflow["nodes"] = [n for n in workflow["nodes"] if n is not old]
+    return new
+
+
+def use_tiny_flux(wf: dict, infos: dict, unet: str | None = None) -> None:
+    """Flux's loaders on the stand-ins of :mod:`.flux_demo`, in place: UNETLoader reads ``unet`` (the tiny Flux
+    file) or, when None, gives way to the in-process tiny Flux node; DualCLIPLoader and VAELoader give way to the
+    tiny text encoders and the tiny 16-channel VAE."""
+    from . import flux_demo
+
+    for loader in nodes_of_type(wf, "UNETLoader"):
+        if unet:
+            set_widget(infos, loader, "unet_name", unet)
+            set_widget(infos, loader, "weight_dtype", "default")
+        else:
+            replace_node(wf, infos, loader, flux_demo.UNET_NODE, [0, "fixed"])
+    for loader_type, node_type in (("DualCLIPLoader", flux_demo.CLIP_NODE), ("VAELoader", flux_demo.VAE_NODE)):
+        for loader in nodes_of_type(wf, loader_type):
+            replace_node(wf, infos, loader, node_type, [0, "fixed"])
+
+
 def use_tiny_models(
     workflow: dict,
     infos: dict,
-    checkpoint: str,
+    checkpoint: str | None,
     loras: list[str] | None = None,
     fastsam: str | None = None,
     vae_seed: int = 0,
+    unet: str | None = None,
 ) -> dict:
     """A copy that runs on the test models: ``checkpoint`` in every checkpoint loader, ``loras[i]`` in style i's
-    loader (when it names a file), ``fastsam`` in every FastSAM loader, and every use of a checkpoint's VAE
-    routed to a ``DiffStylerTestTinyVAE`` (the tiny checkpoint has no VAE). Needs the test pack's node in infos.
+    loader (when it names a file), ``fastsam`` in every FastSAM loader, every use of a checkpoint's VAE routed to
+    a ``DiffStylerTestTinyVAE`` (the tiny checkpoint has no VAE), and Flux's loaders on the tiny Flux stand-ins
+    (:func:`use_tiny_flux`, ``unet``). Needs the test pack's nodes in infos.
     """
     wf = copy.deepcopy(workflow)
+    use_tiny_flux(wf, infos, unet)
     for i, style in enumerate(style_chain(wf)):
         if loras and get_widget(infos, style, "lora_name") != "None":
             set_widget(infos, style, "lora_name", loras[min(i, len(loras) - 1)])

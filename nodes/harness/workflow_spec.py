@@ -19,7 +19,10 @@ WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 SEED_NAMES = ("seed", "noise_seed")
 UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
 # Combo inputs whose options are file lists: a placeholder model name there is expected, not an error.
-FILE_INPUTS = ("ckpt_name", "lora_name", "model_name", "image", "vae_name", "clip_folder")
+FILE_INPUTS = (
+    *("ckpt_name", "lora_name", "model_name", "image", "vae_name", "clip_folder"),
+    *("unet_name", "clip_name1", "clip_name2"),  # UNETLoader, DualCLIPLoader (the Flux workflows)
+)
 MODE_MUTED, MODE_BYPASS = 2, 4
 
 
