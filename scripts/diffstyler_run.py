@@ -15,8 +15,10 @@ the last) with the Style LoRA Loader's rule (start_percent <= end_percent).
 
 With no checkpoint (no --checkpoint and none in ComfyUI/models/checkpoints) it runs in demo mode: a tiny
 random-weight SD1.5-topology model, tiny VAE, random LoRAs and a random FastSAM are written to a temporary
-folder (nothing is downloaded), so the picture is noise-like but the whole pipeline runs. Exit status: 0 on
-success, 2 for bad options or an invalid workflow, 1 when the run fails.
+folder (nothing is downloaded), so the picture is noise-like but the whole pipeline runs. A Flux workflow (its
+model from UNETLoader) runs in demo mode when models/diffusion_models is empty: a tiny Flux.1-dev, Flux-shaped text
+encoders, a 16-channel VAE and random Flux LoRAs stand in. Exit status: 0 on success, 2 for bad options or an
+invalid workflow, 1 when the run fails.
 """
 
 from __future__ import annotations
@@ -67,7 +69,13 @@ OPTIONS = (  # (flags, argparse keywords)
         {"type": Path, "help": "ComfyUI folder (default: $COMFYUI_PATH, the one holding this pack, ~/ComfyUI)"},
     ),
     (("--gpu",), {"action": "store_true", "help": "use the GPU (default: CPU)"}),
-    (("--checkpoint",), {"help": "checkpoint file name in models/checkpoints, or a path"}),
+    (
+        ("--checkpoint",),
+        {
+            "help": "checkpoint file name in models/checkpoints, or a path (a Flux workflow: the diffusion model, "
+            "in models/diffusion_models)"
+        },
+    ),
     (
         ("--lora",),
         {
@@ -185,8 +193,10 @@ def run(args) -> int:
     work = Path(tempfile.mkdtemp(prefix="diffstyler_run_"))
     try:
         folder_paths = runner_exec.import_comfyui(root, args.gpu, work)
-        demo_mode = not args.checkpoint and not folder_paths.get_filename_list("checkpoints")
-        missing = missing_files(args, folder_paths, demo_mode)
+        flux = bool(wt.nodes_of_type(workflow, "UNETLoader"))
+        models = "diffusion_models" if flux else "checkpoints"
+        demo_mode = not args.checkpoint and not folder_paths.get_filename_list(models)
+        missing = missing_files(args, folder_paths, demo_mode, models)
         if missing:
             raise RunError(f"{len(missing)} named file(s) not found:\n  " + "\n  ".join(missing))
         if demo_mode and args.lora:
@@ -207,9 +217,9 @@ def run(args) -> int:
         say(f"DiffStyler: {wf_path.name} on {'GPU' if args.gpu else 'CPU'}, ComfyUI at {root}")
         demo = None
         if demo_mode:
-            say(demo_mod.BANNER)
+            say(demo_mod.FLUX_BANNER if flux else demo_mod.BANNER)
             texts = any(m[0] == "text" for m in args.masks)
-            demo = write_models(folder_paths, work / "models", len(wt.style_chain(workflow)), texts)
+            demo = write_models(folder_paths, work / "models", len(wt.style_chain(workflow)), texts, flux=flux)
         for note in runner_graph.substitute(wt, infos, workflow, args, folder_paths, work / "input", demo):
             say(f"note: {note}")
         prompt = wt.ui_to_api(workflow, infos)

@@ -179,9 +179,9 @@ def _model_folders(folder_paths, kind: str) -> list[str]:
     return found + ([default] if default not in found else [])
 
 
-def missing_files(args, folder_paths, demo: bool) -> list[str]:
+def missing_files(args, folder_paths, demo: bool, models: str = "checkpoints") -> list[str]:
     """Every file option that names nothing: the pictures, and the models of a real run (names in the model folders
-    or paths)."""
+    or paths; --checkpoint in ``models``: diffusion_models for a Flux workflow)."""
     missing = [
         f"{label}: {path} does not exist"
         for label, path in (("--image", args.image), ("--style-image", args.style_image))
@@ -189,7 +189,7 @@ def missing_files(args, folder_paths, demo: bool) -> list[str]:
     ]
     if demo:
         return missing
-    named = [("--checkpoint", "checkpoints", args.checkpoint, Path.is_file)]
+    named = [("--checkpoint", models, args.checkpoint, Path.is_file)]
     named += [(f"--lora for style {i + 1}", "loras", v, Path.is_file) for i, v in enumerate(args.lora)]
     named += [("--fastsam", "fastsam", args.fastsam, Path.is_file)]
     named += [("--clip-folder", "diffstyler_clip", args.clip_folder, Path.is_dir)]

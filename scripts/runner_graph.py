@@ -8,6 +8,9 @@ from pathlib import Path
 import diffstyler_demo as demo_mod
 from runner_checks import MASK_OPTIONS, RunError, check_step_ranges, scaled_prompt, shrunk_size
 
+# Flux's other model files: taken from the workflow as saved, checked before the run
+FLUX_FILES = (("DualCLIPLoader", ("clip_name1", "clip_name2"), "text_encoders"), ("VAELoader", ("vae_name",), "vae"))
+
 
 def model_name(folder_paths, folder: str, value: str, what: str) -> str:
     """A name ComfyUI lists in ``folder``: a listed name as is, a file path registers its directory."""
@@ -41,10 +44,10 @@ def save_image(src: Path, dst: Path, max_size: int | None, what: str) -> tuple[f
 
 
 def set_text(wt, infos, wf, target, input_name: str, text: str, what: str) -> None:
-    up = wt.upstream(wf, target, input_name)
-    if up is None or up[0]["type"] != "CLIPTextEncode":
+    encoder = wt.text_encoder(wf, target, input_name)  # through FluxGuidance in the Flux workflows
+    if encoder is None:
         raise RunError(f"{what}: node {target['id']}'s {input_name} does not come from a CLIP Text Encode node")
-    wt.set_widget(infos, up[0], "text", text)
+    wt.set_widget(infos, encoder, "text", text)
 
 
 def set_pictures(wt, infos, wf: dict, args, input_dir: Path, demo: dict | None, notes: list) -> tuple:
@@ -89,19 +92,25 @@ def set_models(wt, infos, wf: dict, args, folder_paths, notes: list) -> None:
             problems.append(str(e))
             return value
 
-    for ckpt in wt.nodes_of_type(wf, "CheckpointLoaderSimple"):
-        wanted = args.checkpoint or wt.get_widget(infos, ckpt, "ckpt_name")
-        listed = folder_paths.get_filename_list("checkpoints")
+    loaders = [(n, "ckpt_name", "checkpoints") for n in wt.nodes_of_type(wf, "CheckpointLoaderSimple")]
+    loaders += [(n, "unet_name", "diffusion_models") for n in wt.nodes_of_type(wf, "UNETLoader")]
+    for ckpt, widget, folder in loaders:
+        wanted = args.checkpoint or wt.get_widget(infos, ckpt, widget)
+        listed = folder_paths.get_filename_list(folder)
         if not args.checkpoint and wanted not in listed:
             if len(listed) != 1:
                 problems.append(
-                    f"--checkpoint: the workflow's {wanted} is not in models/checkpoints; pass "
+                    f"--checkpoint: the workflow's {wanted} is not in models/{folder}; pass "
                     f"--checkpoint (found: {', '.join(listed)})"
                 )
                 continue
             wanted = listed[0]
-            notes.append(f"checkpoint: {wanted} (the only one in models/checkpoints)")
-        wt.set_widget(infos, ckpt, "ckpt_name", resolve("checkpoints", wanted, "--checkpoint"))
+            notes.append(f"checkpoint: {wanted} (the only one in models/{folder})")
+        wt.set_widget(infos, ckpt, widget, resolve(folder, wanted, "--checkpoint"))
+    for node_type, widgets, folder in FLUX_FILES:  # the workflow's names, as saved
+        for n in wt.nodes_of_type(wf, node_type):
+            for widget in widgets:
+                resolve(folder, wt.get_widget(infos, n, widget), f"{node_type} {widget} (models/{folder})")
     for loader in wt.nodes_of_type(wf, "DiffStylerFastSAMLoader"):
         wanted = args.fastsam or wt.get_widget(infos, loader, "model_name")
         what = "--fastsam (FastSAM-s.pt from the FastSAM project, in ComfyUI/models/fastsam)"
@@ -198,7 +207,7 @@ def substitute(wt, infos, wf: dict, args, folder_paths, input_dir: Path, demo: d
     """Apply the options to ``wf`` in place; returns notes to print."""
     notes: list[str] = []
     if demo:
-        wf.update(wt.use_tiny_models(wf, infos, demo["checkpoint"], demo["loras"], demo["fastsam"]))
+        wf.update(wt.use_tiny_models(wf, infos, demo["checkpoint"], demo["loras"], demo["fastsam"], unet=demo["unet"]))
     picture = set_pictures(wt, infos, wf, args, input_dir, demo, notes)
     if not demo:
         set_models(wt, infos, wf, args, folder_paths, notes)
