@@ -33,12 +33,19 @@ SHIPPED = {
     "diffstyler_train_and_stylize.json": 1,
     "diffstyler_global_style.json": 1,
     "diffstyler_two_styles_in_time.json": 2,
+    "diffstyler_flux_one_style.json": 1,
+    "diffstyler_flux_two_styles.json": 2,
 }
 GLOBAL = "diffstyler_global_style.json"  # no mask: the whole picture
-QUICK = "diffstyler_one_style.json"  # the workflow the quick tier (-m "not slow") runs headless
+FLUX = ("diffstyler_flux_one_style.json", "diffstyler_flux_two_styles.json")  # UNETLoader + DualCLIPLoader + VAELoader
+QUICK = ("diffstyler_one_style.json", FLUX[0])  # the workflows the quick tier (-m "not slow") runs headless
 PLACEHOLDERS = ("v1-5-pruned-emaonly.safetensors", "my_style.safetensors", "FastSAM-s.pt")
+FLUX_PLACEHOLDERS = ("flux1-dev.safetensors", "t5xxl_fp16.safetensors", "clip_l.safetensors", "ae.safetensors")
+FLUX_GUIDANCE = 3.5
 FASTSAM = "wf_fastsam_dense.pt"
 LORAS = ("wf_style_1.safetensors", "wf_style_2.safetensors")
+FLUX_LORAS = ("wf_flux_style_1.safetensors", "wf_flux_style_2.safetensors")
+FLUX_UNET = "wf_tiny_flux.safetensors"  # written where this ComfyUI's UNETLoader reads the tiny Flux (v0.33.0)
 CONTENT = (101, 133)  # height, width (odd: VAE Encode crops to 96x128); FastSAM letterboxes it to imgsz 128
 IMGSZ = 128
 
@@ -49,11 +56,23 @@ def _load(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def assets(tiny, comfy_home):
-    """Random LoRAs, a FastSAM that detects (see fastsam_fixtures), a content and a style picture."""
+    """Random LoRAs (SD and Flux), a FastSAM that detects (see fastsam_fixtures), a content and a style picture, and
+    the tiny Flux in models/diffusion_models where this ComfyUI's UNETLoader reads it."""
+    import folder_paths
+    from comfyui_diffstyler.nodes.harness import flux_demo
+
     for i, name in enumerate(LORAS):
         safetensors.torch.save_file(
             dst_core.random_lora(tiny.model, seed=60 + i), str(comfy_home.models / "loras" / name)
         )
+        flux_demo.save_lora(comfy_home.models / "loras" / FLUX_LORAS[i], seed=70 + i)
+    if flux_demo.loader_reads_tiny():
+        unets = comfy_home.models / "diffusion_models"
+        unets.mkdir(parents=True, exist_ok=True)
+        folder_paths.add_model_folder_path("diffusion_models", str(unets), is_default=True)
+        flux_demo.save_unet(unets / FLUX_UNET)
+    for kind in ("loras", "diffusion_models"):
+        folder_paths.filename_list_cache.pop(kind, None)
     ff.save_fastsam(comfy_home.models / "fastsam" / FASTSAM, seed=0, class_bias=2.0)
     Image.fromarray(pf.photo(*CONTENT, seed=3)).save(comfy_home.input / "wf_content.png")
     Image.fromarray(ff.scene(64, 64, seed=4)).save(comfy_home.input / "wf_style.png")
@@ -61,8 +80,13 @@ def assets(tiny, comfy_home):
 
 
 def tiny_workflow(name: str, infos: dict, steps: int = 4) -> dict:
-    """The shipped workflow on the tiny models and test pictures, with few steps and prompts inside the picture."""
-    wf = wt.use_tiny_models(_load(name), infos, "diffstyler_tiny_sd15.safetensors", list(LORAS), FASTSAM)
+    """The shipped workflow on the tiny models (a Flux one: the tiny Flux stand-ins) and test pictures, with few
+    steps and prompts inside the picture."""
+    from comfyui_diffstyler.nodes.harness import flux_demo
+
+    loras = list(FLUX_LORAS if name in FLUX else LORAS)
+    unet = FLUX_UNET if flux_demo.loader_reads_tiny() else None
+    wf = wt.use_tiny_models(_load(name), infos, "diffstyler_tiny_sd15.safetensors", loras, FASTSAM, unet=unet)
     trainers = wt.nodes_of_type(wf, "DiffStylerTrainStyleLoRA")
     style_images = {wt.upstream(wf, t, "image")[0]["id"] for t in trainers}
     for n in wt.nodes_of_type(wf, "LoadImage"):
@@ -105,15 +129,45 @@ def test_workflow_file_is_sound(name, infos):
         else:
             mask = wt.upstream(wf, style, "mask")[0]
             assert mask["type"] == "DiffStylerFastSAMMask" and wt.get_widget(infos, mask, "mode") == "points"
-        assert wt.upstream(wf, style, "conditioning")[0]["type"] == "CLIPTextEncode"
-    ckpts = wt.nodes_of_type(wf, "CheckpointLoaderSimple")
-    assert [wt.get_widget(infos, c, "ckpt_name") for c in ckpts] == [PLACEHOLDERS[0]]
+        if name in FLUX:  # the prompt through FluxGuidance (Flux-dev's embedded guidance)
+            guide = wt.upstream(wf, style, "conditioning")[0]
+            assert guide["type"] == "FluxGuidance" and wt.get_widget(infos, guide, "guidance") == FLUX_GUIDANCE
+        assert wt.text_encoder(wf, style, "conditioning")["type"] == "CLIPTextEncode"
+    if name in FLUX:
+        assert_loads_flux(wf, infos)
+    else:
+        ckpts = wt.nodes_of_type(wf, "CheckpointLoaderSimple")
+        assert [wt.get_widget(infos, c, "ckpt_name") for c in ckpts] == [PLACEHOLDERS[0]]
     assert {wt.get_widget(infos, f, "model_name") for f in wt.nodes_of_type(wf, "DiffStylerFastSAMLoader")} == (
         set() if name == GLOBAL else {PLACEHOLDERS[2]}
     )
     assert_pastes_the_original_outside(wf, infos)
     prompt = wt.ui_to_api(wf, infos)
     assert not {v["class_type"] for v in prompt.values()} & set(wt.NOTE_TYPES)
+
+
+def assert_loads_flux(wf: dict, infos: dict) -> None:
+    """Flux.1-dev from the core loaders (placeholders), FluxGuidance on the base prompt, cfg 1, no checkpoint."""
+    assert not wt.nodes_of_type(wf, "CheckpointLoaderSimple")
+    (unet,) = wt.nodes_of_type(wf, "UNETLoader")
+    (clip,) = wt.nodes_of_type(wf, "DualCLIPLoader")
+    (vae,) = wt.nodes_of_type(wf, "VAELoader")
+    names = [wt.get_widget(infos, unet, "unet_name")]
+    names += [wt.get_widget(infos, clip, k) for k in ("clip_name1", "clip_name2")]
+    names += [wt.get_widget(infos, vae, "vae_name")]
+    assert tuple(names) == FLUX_PLACEHOLDERS and wt.get_widget(infos, clip, "type") == "flux"
+    (sampler,) = wt.nodes_of_type(wf, "DiffStylerMaskedFusionSampler")
+    (injector,) = wt.nodes_of_type(wf, "DiffStylerCrossLoRAInjector")
+    (invert,) = wt.nodes_of_type(wf, "DiffStylerInvert")
+    assert wt.get_widget(infos, sampler, "cfg") == 1.0
+    positive = wt.upstream(wf, sampler, "positive")[0]
+    assert positive["type"] == "FluxGuidance" and wt.get_widget(infos, positive, "guidance") == FLUX_GUIDANCE
+    assert wt.upstream(wf, injector, "model")[0] is unet and wt.upstream(wf, invert, "model")[0] is unet
+    assert wt.get_widget(infos, invert, "feature_cache") == "off", "the feature cache stays off on Flux"
+    for style in wt.style_chain(wf):
+        assert wt.get_widget(infos, style, "lora_name").startswith("my_flux_style")
+    for n in wt.nodes_of_type(wf, "VAEEncode") + wt.nodes_of_type(wf, "VAEDecode"):
+        assert wt.upstream(wf, n, "vae")[0] is vae
 
 
 def assert_pastes_the_original_outside(wf: dict, infos: dict) -> None:
@@ -170,6 +224,8 @@ def test_train_workflow_feeds_the_trained_lora(infos):
 def test_readme_explains_placeholders_and_runner():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for text in (*PLACEHOLDERS, "scripts/diffstyler_run.py", "--workflow workflows/diffstyler_two_styles.json"):
+        assert text in readme, f"README does not mention {text}"
+    for text in (*FLUX, *FLUX_PLACEHOLDERS):  # the Flux workflows and their model files
         assert text in readme, f"README does not mention {text}"
 
 
@@ -243,7 +299,7 @@ def test_check_workflow_finds_broken_files(infos):
 
 
 @pytest.mark.parametrize(
-    "name", [n if n == QUICK else pytest.param(n, marks=pytest.mark.slow) for n in sorted(SHIPPED)]
+    "name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in sorted(SHIPPED)]
 )
 def test_workflow_runs_headless(name, infos, assets, run_graph):
     wf = tiny_workflow(name, infos)
@@ -329,6 +385,38 @@ def test_runner_readme_command_demo_mode(comfy_home, tmp_path, photo):
     assert masks == ["demo_region_1.png", "demo_region_2.png"]
     assert sum(v["class_type"] == "MaskPreview" for v in by_id.values()) == 2
     assert "style 1, 2 get an oval region of their own" in proc.stdout
+
+
+@pytest.mark.slow
+def test_runner_flux_demo_mode(comfy_home, tmp_path, photo):
+    """The Flux workflow, as the README lists it, on a fresh setup (no model file): demo mode end to end with the
+    tiny Flux stand-ins (UNETLoader reads the tiny Flux file where this ComfyUI's detection allows it, else the
+    in-process node stands in; the text encoders and the VAE are stand-in nodes; random Flux LoRAs)."""
+    from comfyui_diffstyler.nodes.harness import flux_demo
+
+    out = tmp_path / "flux.png"
+    wf = str(ROOT / "workflows" / FLUX[0])
+    proc = _runner(["--workflow", wf, "--image", str(photo), "--output", str(out), "--steps", "4"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "demo mode: random-weight tiny models (a tiny Flux.1-dev" in proc.stdout
+    for noise in ("No VAE weights detected", "Ultralytics Settings", "skipped"):
+        assert noise not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    with Image.open(out) as im:
+        assert im.size == (256, 192), "demo mode shrinks the picture to 256 on the long side"
+        prompt = json.loads(im.info["prompt"])
+    types = {v["class_type"] for v in prompt.values()}
+    assert {flux_demo.CLIP_NODE, flux_demo.VAE_NODE, "FluxGuidance", "DiffStylerRegionMask"} <= types
+    assert not {"DualCLIPLoader", "VAELoader", "CheckpointLoaderSimple"} & types
+    unets = [v["inputs"] for v in prompt.values() if v["class_type"] == "UNETLoader"]
+    if flux_demo.loader_reads_tiny():
+        assert unets == [{"unet_name": flux_demo.DEMO_UNET, "weight_dtype": "default"}], "the core loader reads it"
+    else:
+        assert not unets and flux_demo.UNET_NODE in types
+    (style,) = [v["inputs"] for v in prompt.values() if v["class_type"] == "DiffStylerStyleLoRA"]
+    assert style["lora_name"] == "diffstyler_demo_flux_style_1.safetensors"
+    assert prompt[style["mask"][0]]["inputs"]["image"] == "demo_region_1.png"
+    (sampler,) = [v["inputs"] for v in prompt.values() if v["class_type"] == "DiffStylerMaskedFusionSampler"]
+    assert sampler["cfg"] == 1.0
 
 
 @pytest.mark.slow
