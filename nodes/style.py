@@ -107,9 +107,9 @@ class DiffStylerStyleLoRA(io.ComfyNode):
                 io.Combo.Input(
                     "lora_name",
                     options=[NO_LORA] + folder_paths.get_filename_list("loras"),
-                    tooltip="A LoRA file from models/loras (SD/SDXL: kohya, diffusers, PEFT, LyCORIS; Flux.1: kohya/BFL, "
-                    "diffusers/ai-toolkit/PEFT). It must fit the Injector's MODEL. 'None' for a prompt-only style or "
-                    "when a LORA_MODEL is connected.",
+                    tooltip="A LoRA file from models/loras (SD/SDXL: kohya, diffusers, PEFT, LyCORIS; Flux.1: "
+                    "kohya/BFL, diffusers/ai-toolkit/PEFT). It must fit the Injector's MODEL. 'None' for a "
+                    "prompt-only style or when a LORA_MODEL is connected.",
                 ),
                 io.Float.Input(
                     "strength",
