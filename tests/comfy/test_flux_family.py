@@ -253,3 +253,39 @@ def test_kontext_reference_latents_are_refused(fx):
     patched = fx.inject.DiffStylerCrossLoRAInjector.execute(fx.model, styles, 0.6, 0.5, "adaptive", False).result[0]
     with pytest.raises(ValueError, match=r"style_0: this conditioning carries Kontext reference latents"):
         fx.sample.DiffStylerMaskedFusionSampler.execute(patched, inv, cond(fx, 1), cond(fx, 2), 1.0, "exact")
+
+
+def test_a_fine_tuned_flux_model_as_a_style(fx):
+    """A style held by a MODEL (Style Model node): a second Flux.1 with its own weights, its rows in its own call."""
+    other = fx.tf.build_model(fx.tf.TinyFlux(hidden=128, depth=2, depth_single=2, seed=6))
+    latent = {"samples": fx.tf.latent(8, 8, seed=3)}
+    inv, _x = fx.invert.DiffStylerInvert.execute(fx.model, latent, STEPS, conditioning=cond(fx, 9, None)).result
+    styles = fx.style.DiffStylerStyleModel.execute(other, cond(fx, 11), mask=half_mask()).result[0]
+    patched = fx.inject.DiffStylerCrossLoRAInjector.execute(fx.model, styles, 0.6, 0.5, "adaptive", False).result[0]
+    out = fx.sample.DiffStylerMaskedFusionSampler.execute(patched, inv, cond(fx, 1), cond(fx, 2), 1.0, "exact").result
+    samples = out[0]["samples"]
+    assert torch.equal(samples[..., 4:], inv.content_latent[..., 4:])
+    assert (samples[..., :4] - inv.content_latent[..., :4]).abs().max() > 1e-3
+
+
+def test_prompts_of_several_lengths_run_one_call_per_length_and_say_so(fx, monkeypatch, caplog):
+    import logging
+
+    calls = []
+    forward = type(fx.model.model.diffusion_model).forward
+
+    def counting_forward(self, x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return forward(self, x, *args, **kwargs)
+
+    latent = {"samples": fx.tf.latent(8, 8, seed=3)}
+    inv, _x = fx.invert.DiffStylerInvert.execute(fx.model, latent, STEPS, conditioning=cond(fx, 9, None)).result
+    styles = fx.style.DiffStylerStyleLoRA.execute("None", 1.0, cond(fx, 11), mask=half_mask()).result[0]
+    longer = cond(fx, 12, tokens=TOKENS + 4)
+    styles = fx.style.DiffStylerStyleLoRA.execute("None", 1.0, longer, mask=half_mask(left=False), styles=styles)
+    patched = fx.inject.DiffStylerCrossLoRAInjector.execute(fx.model, styles.result[0], 0.0, 0.0, "adaptive", False)
+    monkeypatch.setattr(type(fx.model.model.diffusion_model), "forward", counting_forward)
+    with caplog.at_level(logging.INFO):
+        fx.sample.DiffStylerMaskedFusionSampler.execute(patched.result[0], inv, cond(fx, 1), cond(fx, 2), 1.0, "exact")
+    assert calls == [1, 1] * STEPS, "no windows: each style's row in a call of its own length, never padded"
+    assert "the prompts have 2 text lengths (8, 12 tokens): one transformer call per length" in caplog.text
