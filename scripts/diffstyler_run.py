@@ -93,9 +93,10 @@ OPTIONS = (  # (flags, argparse keywords)
     (
         ("--inversion-grid",),
         {
-            "choices": ["fine", "fine/2", "fine/5", "fine/10", "sampling"],
-            "help": "timesteps the DDIM inversion walks (default: the workflow's, fine = the released pipeline, about "
-            "1000 UNet rows; demo mode: sampling, the sampler's own steps)",
+            "choices": ["auto", "fine", "fine/2", "fine/4", "fine/5", "fine/8", "fine/10", "sampling"],
+            "help": "points the inversion walks (default: the workflow's; auto = the model family's default: SD fine, "
+            "the released pipeline, about 1000 UNet rows; Flux sampling; SD also fine/2, fine/5, fine/10, Flux fine/2, "
+            "fine/4, fine/8; demo mode: sampling, the sampler's own steps)",
         },
     ),
     (("--cfg",), {"type": float, "help": "classifier-free guidance scale"}),

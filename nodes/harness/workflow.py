@@ -307,19 +307,18 @@ def replace_node(workflow: dict, infos: dict, old: dict, node_type: str, widgets
 
 def use_tiny_flux(wf: dict, infos: dict, unet: str | None = None) -> None:
     """Flux's loaders on the stand-ins of :mod:`.flux_demo`, in place: UNETLoader reads ``unet`` (the tiny Flux
-    file) or, when None, gives way to the in-process tiny Flux node; DualCLIPLoader and VAELoader give way to the
-    tiny text encoders and the tiny 16-channel VAE."""
+    file) or, when None, gives way to the in-process tiny Flux node, as DualCLIPLoader and VAELoader to theirs."""
     from . import flux_demo
 
+    stand_ins = {"DualCLIPLoader": flux_demo.CLIP_NODE, "VAELoader": flux_demo.VAE_NODE}
     for loader in nodes_of_type(wf, "UNETLoader"):
         if unet:
             set_widget(infos, loader, "unet_name", unet)
             set_widget(infos, loader, "weight_dtype", "default")
         else:
             replace_node(wf, infos, loader, flux_demo.UNET_NODE, [0, "fixed"])
-    for loader_type, node_type in (("DualCLIPLoader", flux_demo.CLIP_NODE), ("VAELoader", flux_demo.VAE_NODE)):
-        for loader in nodes_of_type(wf, loader_type):
-            replace_node(wf, infos, loader, node_type, [0, "fixed"])
+    for loader in [n for n in wf["nodes"] if n["type"] in stand_ins]:
+        replace_node(wf, infos, loader, stand_ins[loader["type"]], [0, "fixed"])
 
 
 def use_tiny_models(

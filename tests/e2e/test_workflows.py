@@ -477,6 +477,14 @@ def test_runner_ranges_are_the_node_inputs_ranges(infos):
         assert runner.RANGES[flag][:2] == (spec["min"], spec["max"]), flag
 
 
+def test_runner_inversion_grids_are_the_node_options(infos):
+    """--inversion-grid offers what DDIM Inversion's inversion_grid offers (auto and both families' grids)."""
+    runner = _runner_module()
+    options = dict(runner.OPTIONS)[("--inversion-grid",)]["choices"]
+    spec = wt.input_spec(infos["DiffStylerInvert"], "inversion_grid")
+    assert sorted(options) == sorted(spec[0] if isinstance(spec[0], list) else wt.spec_options(spec)["options"])
+
+
 BAD_NUMBERS = [
     (["--steps", "0"], "--steps: expected 1 to 1000, got 0"),
     (["--steps", "100000"], "--steps: expected 1 to 1000, got 100000"),
