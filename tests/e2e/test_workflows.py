@@ -566,6 +566,28 @@ def test_runner_reports_every_missing_workflow_model_in_one_message(tmp_path, ph
 
 
 @pytest.mark.slow
+def test_runner_reports_the_flux_files_a_real_run_lacks(comfy_home, tmp_path, photo):
+    """A real Flux run (--checkpoint: a diffusion model file that exists) whose workflow names text encoders, a VAE,
+    LoRAs and a FastSAM that are not installed: all of them in one message, each with its folder."""
+    from comfyui_diffstyler.nodes.harness import flux_demo
+
+    unet = flux_demo.save_unet(tmp_path / "my_flux.safetensors")
+    args = ["--workflow", "flux_two_styles", "--image", str(photo), "--output", str(tmp_path / "o.png")]
+    proc = _runner([*args, "--checkpoint", unet], tmp_path, 600)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error: 6 model(s) not found:" in proc.stderr, proc.stderr
+    for text in (
+        "DualCLIPLoader clip_name1 (models/text_encoders): t5xxl_fp16.safetensors is neither a file nor in",
+        "DualCLIPLoader clip_name2 (models/text_encoders): clip_l.safetensors",
+        "VAELoader vae_name (models/vae): ae.safetensors",
+        "--lora for style 1: my_flux_style_2.safetensors",
+        "FastSAM-s.pt",
+    ):
+        assert text in proc.stderr, proc.stderr
+    assert "--checkpoint" not in proc.stderr, "the diffusion model given as a path is found"
+
+
+@pytest.mark.slow
 def test_runner_says_a_skipped_style_on_stdout_and_keeps_no_settings_in_home(comfy_home, infos, tmp_path, photo):
     """Style 1's mask is all zero (a Solid Mask of 0): the run goes on with style 2 and says so on stdout, in the
     user's numbering. background = model: the runner keeps the whole decoded picture (--keep-original auto). The
