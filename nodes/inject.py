@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ._api import io
-from .adapters import lora_file
-from .adapters.injector import install
+from .adapters import flux_lora, lora_file
+from .adapters.injector import arch, install
 from .adapters.injector.state import BASE_INJECTIONS, CONTENT_ROWS, DEFAULTS, FUSIONS, QK_BLENDS, InjectorSettings
 from .style import STYLES
 
@@ -82,6 +82,23 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                     tooltip="For background = model: the base branch injects ResBlock features and Q/K on all steps "
                     "(the released pipeline) or only inside the style windows above.",
                 ),
+                io.String.Input(
+                    "feature_blocks",
+                    default=DEFAULTS.feature_blocks,
+                    optional=True,
+                    tooltip="Where the content features are injected. auto: the family's default. SD/SDXL: the "
+                    "released decoder ResBlock's residual (only auto). Flux: the image tokens' residual update "
+                    "(block output minus input) of these blocks, written kind:index or kind:first-last, comma "
+                    "separated, e.g. double:18 (auto: the last double block); none: no block.",
+                ),
+                io.String.Input(
+                    "qk_blocks",
+                    default=DEFAULTS.qk_blocks,
+                    optional=True,
+                    tooltip="Where self-attention Q/K are injected. auto: the family's default. SD/SDXL: the released "
+                    "decoder attn1 layers (only auto). Flux: the image tokens' Q/K in these blocks' joint attention, "
+                    "e.g. single:19-37 (auto: the single blocks of the second half); none: no block.",
+                ),
             ],
             outputs=[io.Model.Output(tooltip="The patched MODEL clone; feed it to the Masked Feature Fusion Sampler.")],
         )
@@ -98,6 +115,8 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
         fusion: str = DEFAULTS.fusion,
         content_rows: str = DEFAULTS.content_rows,
         base_injection: str = DEFAULTS.base_injection,
+        feature_blocks: str = DEFAULTS.feature_blocks,
+        qk_blocks: str = DEFAULTS.qk_blocks,
     ) -> io.NodeOutput:
         if not styles:
             raise ValueError("styles: no styles connected: chain at least one Style LoRA Loader (DiffStyler)")
@@ -106,6 +125,12 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                 "model: this MODEL already comes from a Cross-LoRA Attention Injector (DiffStyler); one Injector "
                 "patches a model for all its styles: connect the MODEL before that Injector, and chain every style "
                 "into the DIFFSTYLER_STYLES of one Injector"
+            )
+        family = arch.family_for(model)
+        if family.flow and fusion == "feature":
+            raise ValueError(
+                "fusion: 'feature' (shared rows with region cross-attention) is a UNet option; on Flux set fusion to "
+                "'noise' (the v predictions fused by mask)"
             )
         deltas = []
         for i, s in enumerate(styles):
@@ -116,8 +141,13 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
             if s.lora is None or s.strength == 0:
                 deltas.append({})
                 continue
-            p = lora_file.unet_patches(s.lora, model, f"style {i + 1} LoRA ({s.name})")
-            deltas.append(lora_file.layer_deltas(p, model, s.strength, f"style {i + 1} LoRA ({s.name})"))
+            source = f"style {i + 1} LoRA ({s.name})"
+            if family.flow:  # kohya/BFL and diffusers/PEFT keys, on slices of the fused qkv / linear1
+                p = flux_lora.flux_patches(s.lora, model, source)
+                deltas.append(flux_lora.flux_layer_deltas(p, model, s.strength, source))
+            else:
+                p = lora_file.unet_patches(s.lora, model, source)
+                deltas.append(lora_file.layer_deltas(p, model, s.strength, source))
         settings = InjectorSettings(
             feature_injection_end=feature_injection_end,
             qk_injection_end=qk_injection_end,
@@ -126,6 +156,8 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
             fusion=fusion,
             content_rows=content_rows,
             base_injection=base_injection,
+            feature_blocks=feature_blocks,
+            qk_blocks=qk_blocks,
         )
         patched, state = install.install(model, deltas, tuple(s.uid for s in styles), settings)
         state.styles = list(styles)
