@@ -7,6 +7,9 @@ in its own model call; the injection by forward hooks on ComfyUI's Flux modules)
 Both on the same tiny Flux-dev (hidden 128, 2 double and 2 single blocks), a 32x32 latent (16x16 tokens), prompts
 of one token count, LoRA files in the kohya and the diffusers layouts, masks with edges off the token grid, 10 steps.
 The oracle walks from the pack's inversion (the flow inversion is tested in test_flux_inversion).
+
+Measured (v0.8.0 and v0.33.0): the pack is within 0.9e-7 .. 3.5e-7 of the oracle in every case (the styles move the
+result by 25-75%); each broken rule moves the oracle 2.4e-3 .. 1.8e-1 away from the pack.
 """
 
 from __future__ import annotations
@@ -233,15 +236,23 @@ BROKEN = {
 }
 
 
-@pytest.mark.parametrize("rule", list(BROKEN))
+QUICK_RULES = (
+    "text tokens injected too",
+    "LoRA kept in the injected q/k rows",
+    "masks on the latent grid, not the token grid",
+)
+
+
+@pytest.mark.parametrize("rule", [pytest.param(r, marks=() if r in QUICK_RULES else pytest.mark.slow) for r in BROKEN])
 def test_an_oracle_with_one_rule_broken_is_far_from_the_pack(mods, flux, rule):
     """The comparison can tell: the pack agrees with the oracle and is far (> 10x the tolerance) from the same oracle
-    with one Sec. 6 rule broken (k = 2, model background, cfg 1)."""
+    with one Sec. 6 rule broken (k = 3, exact background, cfg 3: measured at k = 2, model background, cfg 1 the
+    adaptive blend moves the result by 9.3e-4 only, the other rules by 1.5e-3 .. 6.4e-2)."""
     rules, qk_end = BROKEN[rule]
     inv = inversion(mods, flux)
-    got = run_pack(mods, flux, 2, "model", 1.0, qk_end)
-    right = oracle(flux, inv, 2, "model", 1.0, qk_end=qk_end)
-    broken = oracle(flux, inv, 2, "model", 1.0, rules=rules, qk_end=qk_end)
+    got = run_pack(mods, flux, 3, "exact", 3.0, qk_end)
+    right = oracle(flux, inv, 3, "exact", 3.0, qk_end=qk_end)
+    broken = oracle(flux, inv, 3, "exact", 3.0, rules=rules, qk_end=qk_end)
     d_right, d_broken = rel(got, right), rel(got, broken)
     print(f"\n{rule}: |pack - oracle| / |oracle| = {d_right:.2e}, |pack - broken oracle| / |broken| = {d_broken:.2e}")
     assert d_right <= TOL, d_right
