@@ -289,3 +289,12 @@ def test_prompts_of_several_lengths_run_one_call_per_length_and_say_so(fx, monke
         fx.sample.DiffStylerMaskedFusionSampler.execute(patched.result[0], inv, cond(fx, 1), cond(fx, 2), 1.0, "exact")
     assert calls == [1, 1] * STEPS, "no windows: each style's row in a call of its own length, never padded"
     assert "the prompts have 2 text lengths (8, 12 tokens): one transformer call per length" in caplog.text
+
+
+def test_each_injection_changes_the_result(fx):
+    """Feature injection alone and Q/K injection alone each move the styled region (neither is a no-op)."""
+    _inv, none = run(fx, [(11, half_mask(), 1.0)], feature_injection_end=0.0, qk_injection_end=0.0)
+    _inv, feature = run(fx, [(11, half_mask(), 1.0)], feature_injection_end=0.6, qk_injection_end=0.0)
+    _inv, qk = run(fx, [(11, half_mask(), 1.0)], feature_injection_end=0.0, qk_injection_end=0.5)
+    assert (feature - none).abs().max() > 1e-3, "feature injection"
+    assert (qk - none).abs().max() > 1e-3, "Q/K injection"
