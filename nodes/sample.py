@@ -21,11 +21,12 @@ def _common_inputs():
         INVERSION.Input("inversion", tooltip="The DDIM Inversion (DiffStyler) of the content latent."),
         io.Conditioning.Input(
             "positive",
-            tooltip="Base prompt: used for the background branch when background = model.",
+            tooltip="Base prompt: used for the background branch when background = model. Flux-dev: its guidance "
+            "(FluxGuidance) is the base branch's.",
         ),
         io.Conditioning.Input(
             "negative",
-            tooltip=f"Negative prompt for every branch (paper: '{NEGATIVE_DEFAULT}').",
+            tooltip=f"Negative prompt for every branch (paper: '{NEGATIVE_DEFAULT}'). Unused at cfg 1 (Flux-dev).",
         ),
         io.Float.Input(
             "cfg",
@@ -34,7 +35,9 @@ def _common_inputs():
             max=100.0,
             step=0.1,
             round=0.01,
-            tooltip="Classifier-free guidance scale (paper: 10.5).",
+            tooltip="Classifier-free guidance scale. SD/SDXL: 10.5 (the paper). Flux-dev: 1.0 (its guidance is "
+            "embedded: set it on the prompts with FluxGuidance; the content rows run at 1.0); above 1 each style "
+            "also runs an uncond row.",
         ),
         io.Combo.Input(
             "background",
@@ -78,9 +81,9 @@ class DiffStylerMaskedFusionSampler(io.ComfyNode):
             display_name="Masked Feature Fusion Sampler (DiffStyler)",
             category="DiffStyler/sample",
             description=(
-                "Samples every style branch in one batched UNet call per step, starting from the inverted latent, "
-                "fuses their noise predictions by mask before CFG and keeps the content outside the masks "
-                "(paper Sec. 3.3). Steps come from the inversion."
+                "Samples every style branch in one batched model call per step, starting from the inverted latent, "
+                "fuses their noise (SD) or velocity (Flux) predictions by mask before CFG and keeps the content "
+                "outside the masks (paper Sec. 3.3). Steps come from the inversion: DDIM on SD/SDXL, Euler on Flux."
             ),
             inputs=_common_inputs(),
             outputs=[io.Latent.Output(tooltip="The stylized latent (decode with the checkpoint's VAE).")],
@@ -134,7 +137,8 @@ class DiffStylerDDIMSampler(io.ComfyNode):
             display_name="DDIM Sampler (DiffStyler)",
             category="DiffStyler/sample",
             description="DDIM (eta 0) SAMPLER that starts on the inversion's x_T and keeps the exact background when "
-            "used with the DiffStyler guider; plain DDIM with any other guider.",
+            "used with the DiffStyler guider; plain DDIM with any other guider. On a flow model (Flux) the same step "
+            "is Euler.",
             inputs=[],
             outputs=[io.Sampler.Output(tooltip="SAMPLER for SamplerCustomAdvanced.")],
         )
@@ -153,7 +157,7 @@ class DiffStylerInversionSigmas(io.ComfyNode):
             category="DiffStyler/sample",
             description="The sigma schedule a DDIM Inversion used, for SamplerCustomAdvanced.",
             inputs=[INVERSION.Input("inversion", tooltip="The DDIM Inversion (DiffStyler) output.")],
-            outputs=[io.Sigmas.Output(tooltip="The inversion's ddim_uniform sigmas.")],
+            outputs=[io.Sigmas.Output(tooltip="The inversion's sigmas (SD: ddim_uniform; Flux: simple).")],
         )
 
     @classmethod

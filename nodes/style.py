@@ -76,13 +76,15 @@ def common_inputs() -> list:
     return [
         io.Conditioning.Input(
             "conditioning",
-            tooltip="The style's prompt, e.g. 'painting of <sss>, deer' (CLIP Text Encode).",
+            tooltip="The style's prompt, e.g. 'painting of <sss>, deer' (CLIP Text Encode). Flux-dev: its guidance "
+            "(FluxGuidance, e.g. 3.5) is this style's.",
         ),
         io.Mask.Input(
             "mask",
             optional=True,
             tooltip="Where this style goes (FastSAM Mask or any MASK; the sampler takes every value above 0 "
-            "as inside). Not connected: the whole picture (a global style).",
+            "as inside; on Flux a 2x2-cell token is inside when any of its cells is). Not connected: the whole "
+            "picture (a global style).",
         ),
     ]
 
@@ -105,8 +107,9 @@ class DiffStylerStyleLoRA(io.ComfyNode):
                 io.Combo.Input(
                     "lora_name",
                     options=[NO_LORA] + folder_paths.get_filename_list("loras"),
-                    tooltip="A LoRA file from models/loras (kohya, diffusers, PEFT, LyCORIS). 'None' for a prompt-only "
-                    "style or when a LORA_MODEL is connected.",
+                    tooltip="A LoRA file from models/loras (SD/SDXL: kohya, diffusers, PEFT, LyCORIS; Flux.1: "
+                    "kohya/BFL, diffusers/ai-toolkit/PEFT). It must fit the Injector's MODEL. 'None' for a "
+                    "prompt-only style or when a LORA_MODEL is connected.",
                 ),
                 io.Float.Input(
                     "strength",

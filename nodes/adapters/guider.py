@@ -18,13 +18,13 @@ import comfy.samplers
 import torch
 
 from ..core.inversion import InversionResult
-from ..core.masks import MASK_MODES, is_empty, resize_mask_to_latent
+from ..core.masks import MASK_MODES, is_empty, resize_mask_to_latent, to_patch_grid
 from ..core.phases import StylePhases, fuse_phase, step_styles
 from ..core.rows import Branch, Source
 from ..core.schedule import find_sigma_index
 from ..core.styles import Style
 from . import inversion as inversion_adapter
-from . import style_cache
+from . import style_cache, text_lengths
 from .areas import check_areas
 from .injector.attention import overridden_replaces
 from .injector.install import state_of
@@ -95,6 +95,7 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
                 m = torch.ones(b, 1, h, w)
             else:
                 m = resize_mask_to_latent(s.mask, b, h, w, f"style {i + 1} ({s.name}) mask", self.mask_mode)
+                m = to_patch_grid(m, self.state.family.patch)  # Flux: the token grid (2x2 cells a token)
             if is_empty(m):
                 logger.warning(
                     "DiffStyler: style %d (%s) has an all-zero mask at latent size; it is skipped", i + 1, s.name
@@ -214,6 +215,10 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
                 (ctx(f"style_{i}"), neg) if i in by_style else None for i in range(len(self.styles))
             ] + [(ctx("positive"), neg)]
         self._run.latent_hw = tuple(x.shape[-2:])
+        self._run.time_scale = self.state.family.time_scale
+        if self.state.family.flow:
+            _refuse_reference_latents(self.conds)
+            text_lengths.check(self.conds, self.styles, roles, windows, base_branch)
         self._run.cond_batch_handler = self._cond_batch
         self.state.run = self._run
         self._model_styles.activate(
@@ -304,7 +309,11 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
         lost = overridden_replaces(self.state, model_options)
         if not lost:
             return
-        what = {"attn1": "self-attention Q/K injection", "attn2": "feature-fusion cross-attention"}
+        what = {
+            "attn1": "self-attention Q/K injection",
+            "attn2": "feature-fusion cross-attention",
+            "dit": "Flux block injection",
+        }
         kinds = sorted({kind for kind, _slot, _fn in lost})
         logger.warning(
             "DiffStyler: %d attention layer(s) the Cross-LoRA Attention Injector patched were replaced after it by "
@@ -342,7 +351,10 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
 
     def diffstyler_final_sigma(self) -> float:
         """Where the last step goes instead of sigma 0: the released pipeline's last DDIM step ends at
-        alphas_cumprod[0] (``set_alpha_to_one`` false), i.e. at the model's smallest sigma (design Sec. 5)."""
+        alphas_cumprod[0] (``set_alpha_to_one`` false), i.e. at the model's smallest sigma (design Sec. 5). A flow
+        model (Flux) ends at sigma 0, as its Euler sampling does."""
+        if self.state.family.flow:
+            return 0.0
         return float(self.inner_model.model_sampling.sigma_min)
 
     def diffstyler_final(self, x, sigma):
@@ -385,3 +397,16 @@ class DiffStylerGuider(comfy.samplers.CFGGuider):
             content = inv.content_latent.to(out.device, out.dtype)
             out = torch.where(self.final_inside.to(out.device), out, content)
         return out
+
+
+def _refuse_reference_latents(conds: dict) -> None:
+    """Flux Kontext's reference tokens (ReferenceLatent / FluxKontext conditioning) are not part of DiffStyler's
+    Flux.1 method: ValueError naming the prompt that carries them."""
+    for key, entries in conds.items():
+        for entry in entries or []:
+            if "ref_latents" in entry.get("model_conds", {}):
+                raise ValueError(
+                    f"{key}: this conditioning carries Kontext reference latents (ReferenceLatent / Flux Kontext "
+                    "nodes); DiffStyler on Flux supports Flux.1 dev and schnell without reference tokens: remove the "
+                    "reference latent from the prompt"
+                )

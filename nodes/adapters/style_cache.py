@@ -339,6 +339,8 @@ def run_cache(inversion, model_patcher, state) -> RunCache | None:
     inversion made outside the node) or the run uses an option it does not serve (feature fusion, the feature
     cache recorded at inversion)."""
     cache = getattr(inversion, "source_cache", None)
+    if state.family.flow:  # the Flux family does not record its content features yet
+        return None
     if cache is None or state.settings.feature_fusion or inversion.feature_cache is not None:
         return None
     return RunCache(cache, model_patcher, state)

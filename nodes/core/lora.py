@@ -84,6 +84,56 @@ class LayerDelta:
         return replace(self, up=rows(self.up), weight=rows(self.weight), bias=rows(self.bias), out_slice=(a, b - a))
 
 
+def combine(deltas: list[LayerDelta], out_features: int) -> LayerDelta:
+    """One whole-output delta holding ``deltas`` (one style's deltas on slices of one fused Linear, as a Flux LoRA's
+    ``to_q``/``to_k``/``to_v`` on ``qkv``), so a layer applies a style in one matmul pair. Low-rank deltas stack
+    their factors (``down`` rows concatenated, each ``up`` placed on its output rows, scale folded); any full-weight
+    or bias delta makes the result a full weight."""
+    if len(deltas) == 1 and deltas[0].out_slice is None:
+        return deltas[0]
+    if all(d.down is not None and d.weight is None and d.bias is None for d in deltas):
+        down = torch.cat([d.down.flatten(1).float() for d in deltas])
+        up = torch.zeros(out_features, down.shape[0])
+        col = 0
+        for d in deltas:
+            lo, hi = d.out_range(out_features)
+            r = d.down.shape[0]
+            up[lo:hi, col : col + r] = d.up.flatten(1).float() * d.scale
+            col += r
+        return LayerDelta(down=down, up=up, scale=1.0)
+    in_features = next(d.down.flatten(1).shape[1] if d.weight is None else d.weight.shape[1] for d in deltas)
+    weight = torch.zeros(out_features, in_features)
+    bias = None
+    for d in deltas:
+        lo, hi = d.out_range(out_features)
+        if d.weight is not None:
+            weight[lo:hi] += d.weight.flatten(1).float()
+        elif d.down is not None:
+            weight[lo:hi] += (d.up.flatten(1).float() @ d.down.flatten(1).float()) * d.scale
+        if d.bias is not None:
+            bias = torch.zeros(out_features) if bias is None else bias
+            bias[lo:hi] += d.bias.float()
+    return LayerDelta(weight=weight, bias=bias)
+
+
+def zero_rows(d: LayerDelta, start: int, stop: int) -> LayerDelta | None:
+    """Whole-output delta ``d`` with output features ``[start, stop)`` left out (a bypassed q/k slice of a fused
+    Linear), or None when nothing else is left."""
+    if d.out_slice is not None:
+        raise ValueError("zero_rows: combine the slices first")
+
+    def cut(t):
+        if t is None:
+            return None
+        t = t.clone()
+        t[start:stop] = 0
+        return t
+
+    out = replace(d, up=cut(d.up), weight=cut(d.weight), bias=cut(d.bias))
+    left = [t for t in (out.up, out.weight, out.bias) if t is not None]
+    return out if any(bool(t.any()) for t in left) else None
+
+
 def linear_delta(x: torch.Tensor, d: LayerDelta) -> torch.Tensor:
     """Delta output of a Linear layer for input ``x`` ``[..., in]``."""
     if d.weight is not None:

@@ -88,6 +88,17 @@ def resize_mask_to_latent(
     return m.clamp(0.0, 1.0).contiguous()
 
 
+def to_patch_grid(mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """A latent-grid mask ``[B,1,h,w]`` on the token grid of a model that packs ``patch`` x ``patch`` cells into one
+    token (Flux.1: 2): a token is in as far as its most covered cell is (design Sec. 6: any cell in, the token in),
+    and each of its cells gets the token's value. ``patch`` 1: the mask itself."""
+    if patch <= 1:
+        return mask
+    h, w = mask.shape[-2:]
+    tokens = torch.nn.functional.max_pool2d(mask, patch, patch, ceil_mode=True)
+    return tokens.repeat_interleave(patch, -2).repeat_interleave(patch, -1)[..., :h, :w].contiguous()
+
+
 def resize_mask_to_tokens(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``[B,1,h,w]`` latent mask -> ``[B, height*width, 1]`` token weights for a layer's grid (area resize)."""
     if mask.shape[-2:] != (height, width):

@@ -23,7 +23,11 @@ def test_a_model_of_no_family_is_refused_naming_it(tiny, monkeypatch):
     from comfyui_diffstyler.nodes.adapters.injector import arch
 
     monkeypatch.setattr(arch, "FAMILIES", ())
-    with pytest.raises(ValueError, match=r"model: DiffStyler supports SD1.x, SD2.x and SDXL UNets; this one \("):
+    with pytest.raises(
+        ValueError,
+        match=r"model: DiffStyler supports SD1.x, SD2.x and SDXL UNets and Flux.1 \(dev, schnell\); this one "
+        r"\(BaseModel",
+    ):
         arch.family_for(tiny.model)
 
 

@@ -608,3 +608,22 @@ def test_runner_refuses_more_ranges_than_styles_and_a_range_against_the_workflow
     proc = _runner([*base, "--start", "0.5"], tmp_path, 600)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "error: --start: style 1 starts at 0.5 after it ends (0.4): set --start <= --end" in proc.stderr
+
+
+def test_a_workflow_saved_before_optional_inputs_were_added_still_loads(infos):
+    """Nodes gain optional inputs (the Injector's fusion ... qk_blocks): a workflow saved without them keeps loading,
+    the frontend giving them their defaults, as the converter does."""
+    wf = _load("diffstyler_one_style.json")
+    injector = wt.nodes_of_type(wf, "DiffStylerCrossLoRAInjector")[0]
+    injector["widgets_values"] = injector["widgets_values"][:4]  # only the required widgets
+    assert wt.check_workflow(wf, infos) == []
+    inputs = wt.ui_to_api(wf, infos)[str(injector["id"])]["inputs"]
+    assert (inputs["fusion"], inputs["content_rows"], inputs["feature_blocks"], inputs["qk_blocks"]) == (
+        "noise",
+        "per style",
+        "auto",
+        "auto",
+    )
+    sampler = wt.nodes_of_type(wf, "DiffStylerMaskedFusionSampler")[0]
+    sampler["widgets_values"] = sampler["widgets_values"][:1]  # background is required: still a problem
+    assert any("widget values for 3 widgets" in p for p in wt.check_workflow(wf, infos))

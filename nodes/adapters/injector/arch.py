@@ -9,10 +9,10 @@ Each family says whether a MODEL is one of its own (``matches``), where and how 
 
 from __future__ import annotations
 
-from . import unet
+from . import flux, unet
 
-FAMILIES = (unet.SD1, unet.SDXL)  # SD1.x and SD2.x share one block map; SDXL has its own decoder layout
-SUPPORTED = "SD1.x, SD2.x and SDXL"
+FAMILIES = (unet.SD1, unet.SDXL, flux.FLUX)  # SD1.x and SD2.x share one block map; SDXL has its own decoder layout
+SUPPORTED = "SD1.x, SD2.x and SDXL UNets and Flux.1 (dev, schnell)"
 
 
 def family_for(model):
@@ -20,9 +20,17 @@ def family_for(model):
     for family in FAMILIES:
         if family.matches(model):
             return family
+    kind = flux.flux_kind(model)
+    if kind is not None:
+        raise ValueError(
+            f"model: this is a Flux-family model of kind {kind!r} ({type(model.model).__name__}), not Flux.1: "
+            "DiffStyler "
+            f"supports {SUPPORTED}; Flux.2, Kontext-style and other DiTs are not supported. Load a Flux.1 dev or "
+            "schnell model"
+        )
     dm = getattr(model.model, "diffusion_model", None)
     n_out = len(getattr(dm, "output_blocks", []))
     raise ValueError(
-        f"model: DiffStyler supports {SUPPORTED} UNets; this one ({type(model.model).__name__}, "
-        f"{n_out} decoder blocks) is not one of them: load an SD1.x, SD2.x or SDXL checkpoint"
+        f"model: DiffStyler supports {SUPPORTED}; this one ({type(model.model).__name__}, "
+        f"{n_out} decoder blocks) is not one of them: load an SD1.x, SD2.x, SDXL or Flux.1 model"
     )

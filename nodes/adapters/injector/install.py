@@ -12,7 +12,7 @@ import logging
 import comfy.patcher_extension
 import torch
 
-from ...core.lora import LayerDelta
+from ...core.lora import LayerDelta, combine, zero_rows
 from .. import dynamic_vram
 from . import arch
 from .layers import RowLoRAMixin, install_view
@@ -38,26 +38,35 @@ def install(
     state = PatchState(family, len(styles_deltas), style_ids, settings)
     state.lora_styles = {s for s, deltas in enumerate(styles_deltas) if deltas}
     state.style_deltas = list(styles_deltas)
+    family.check_blocks(settings)
     modules = dict(patched.model.named_modules())
-    injected_attn = family.injected_attention_paths(patched)
+    injected_attn = family.injected_attention_paths(patched, settings)
 
     per_module: dict[str, dict[int, LayerDelta]] = {}
     for s, deltas in enumerate(styles_deltas):
         for path, d in deltas.items():
+            m = modules.get(path)
+            if m is None or not isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                logger.warning("DiffStyler: LoRA target %s is not a Linear/Conv2d layer of this model; skipped", path)
+                continue
+            if isinstance(d, list):  # a Flux LoRA's deltas on slices of a fused Linear: one delta per style
+                d = combine(d, m.weight.shape[0])
             per_module.setdefault(path, {})[s] = d
             state.deltas_bytes += d.nbytes()
     for path, deltas in per_module.items():
-        m = modules.get(path)
-        if m is None or not isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
-            logger.warning("DiffStyler: LoRA target %s is not a Linear/Conv2d layer of this model; skipped", path)
-            continue
+        in_injected = any(path == a or path.startswith(a + ".") for a in injected_attn)
+        rows = family.bypass_rows(patched, path) if in_injected else None
+        bypassed = None
+        if rows is not None:  # only these output rows bypass the LoRA there (a fused projection's q and k)
+            bypassed = {s: d for s, d in ((s, zero_rows(d, *rows)) for s, d in deltas.items()) if d is not None}
         install_view(
             patched,
             state,
             path,
             RowLoRAMixin,
             _ds_deltas=deltas,
-            _ds_in_injected_attention=any(path.startswith(a + ".") for a in injected_attn),
+            _ds_in_injected_attention=in_injected,
+            _ds_bypassed=bypassed,
             _ds_context_proj=path.endswith((".attn2.to_k", ".attn2.to_v")),
         )
     logger.info(

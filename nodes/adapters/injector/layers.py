@@ -45,6 +45,16 @@ class RowLoRAMixin:
     _ds_deltas: dict[int, LayerDelta]
     _ds_in_injected_attention: bool
     _ds_context_proj: bool = False
+    # where the LoRA is bypassed (``lora_in_injected_attention`` off) in an injected attention's projection: None, no
+    # LoRA at all (the UNet's attn1 layers); else per style the delta without the bypassed q/k output rows (a Flux
+    # block's fused qkv / linear1, whose v and mlp rows keep the LoRA)
+    _ds_bypassed: dict[int, LayerDelta] | None = None
+
+    def _ds_active(self, in_injected_attention: bool) -> tuple[bool, dict[int, LayerDelta] | None]:
+        """(bypassed?, the per-style deltas that act in a call; None: none)."""
+        if self._ds_in_injected_attention and not in_injected_attention:
+            return True, self._ds_bypassed
+        return False, self._ds_deltas
 
     def forward(self, x, *args, **kwargs):
         out = super().forward(x, *args, **kwargs)
@@ -78,17 +88,17 @@ class RowLoRAMixin:
         if key in plans:
             return plans[key]
         in_injected_attention, ranges, block = layout
-        ds = self._ds_deltas
+        bypassed, ds = self._ds_active(in_injected_attention)
         plan = None
-        if self._ds_in_injected_attention and not in_injected_attention:
+        if not ds:
             plan = ()
         elif not isinstance(self, torch.nn.Conv2d) and all(
             d.down is not None and d.weight is None and d.bias is None for d in ds.values()
         ):
-            folded = {s: self._ds_cast(s, d, x) for s, d in ds.items()}
+            folded = {s: self._ds_cast(s, d, x, bypassed) for s, d in ds.items()}
             ranks = {d.down.shape[0] for d in folded.values()}
             if block is not None and len(ranks) == 1 and all(s in ds for s in block.styles):
-                stack_key = ("stack", block.styles, x.device, x.dtype)  # one stack per style set, whatever the layout
+                stack_key = ("stack", bypassed, block.styles, x.device, x.dtype)  # one stack per style set
                 cache = type(self)._ds_cache
                 if stack_key not in cache:
                     cache[stack_key] = (
@@ -112,15 +122,16 @@ class RowLoRAMixin:
         """The general path: feature-fusion rows, rows that are not contiguous, conv and full-weight deltas."""
         if not call.lora_rows and call.fused_rows is None:
             return out
-        if self._ds_in_injected_attention and not call.lora_in_injected_attention:
+        bypassed, deltas = self._ds_active(call.lora_in_injected_attention)
+        if not deltas:
             return out
         if call.fused_rows is not None and not self._ds_context_proj:
-            out = feature_fusion.fused_lora_add(self, x, out, call, self._ds_deltas, self._ds_cast)
+            out = feature_fusion.fused_lora_add(self, x, out, call, deltas, self._ds_cast)
         for style, rows in call.lora_rows.items():
-            d = self._ds_deltas.get(style)
+            d = deltas.get(style)
             if d is None or rows.numel() == 0:
                 continue
-            d = self._ds_cast(style, d, x)
+            d = self._ds_cast(style, d, x, bypassed)
             rng = call.lora_ranges.get(style)
             if rng is not None:  # contiguous rows: a view, and an in-place add on the fresh output
                 a, b = rng
@@ -135,9 +146,9 @@ class RowLoRAMixin:
             return conv2d_delta(xr, d, self.stride, self.padding, self.dilation, self.groups)
         return linear_delta(xr, d)
 
-    def _ds_cast(self, style: int, d: LayerDelta, x: torch.Tensor) -> LayerDelta:
+    def _ds_cast(self, style: int, d: LayerDelta, x: torch.Tensor, bypassed: bool = False) -> LayerDelta:
         cache = type(self)._ds_cache
-        key = (style, x.device, x.dtype)
+        key = (style, bypassed, x.device, x.dtype)
         if key not in cache:
             if len(cache) > 16:
                 cache.clear()

@@ -32,6 +32,8 @@ class InjectorSettings:
     fusion: str = "noise"  # "feature": our option, one shared cond/uncond pair
     content_rows: str = "per style"  # "shared": our option, one LoRA-free content row for every style
     base_injection: str = "all steps"  # model background: the base branch injects on every step (released)
+    feature_blocks: str = "auto"  # the family default (UNet: output_blocks.4.0; Flux: the last double block)
+    qk_blocks: str = "auto"  # the family's default Q/K blocks (UNet: decoder 4..11; Flux: the second half's singles)
 
     def __post_init__(self):
         for name, value, options in (
@@ -48,6 +50,8 @@ class InjectorSettings:
                 raise ValueError(f"{name}: expected a fraction of the steps in [0, 1], got {v}")
             object.__setattr__(self, name, v)
         object.__setattr__(self, "lora_in_injected_attention", bool(self.lora_in_injected_attention))
+        for name in ("feature_blocks", "qk_blocks"):
+            object.__setattr__(self, name, str(getattr(self, name)).strip() or "auto")
 
     @property
     def style_windows(self) -> tuple[float, float]:
@@ -142,14 +146,17 @@ class RunPlan:
     cond_batch_handler: object = None
     source_cache: object = None  # style_cache.RunCache: per-source content features kept on the inversion
 
+    time_scale: float = 1.0  # the Q/K blend's t = time_scale * model timestep (Flux: 1000, its timestep is sigma)
+
     def timestep_at(self, step: int) -> float:
+        """The Q/K blend's ``t`` (0..1000) at sampling step ``step``."""
         if self.timesteps is None:
             sig = self.sample_sigmas
             pos = sig > 0
             ts = torch.zeros(sig.shape, dtype=torch.float64)
             if bool(pos.any()):
                 device = self.model_sampling.sigmas.device if hasattr(self.model_sampling, "sigmas") else sig.device
-                ts[pos] = self.model_sampling.timestep(sig[pos].to(device)).double().cpu()
+                ts[pos] = self.model_sampling.timestep(sig[pos].to(device)).double().cpu() * self.time_scale
             self.timesteps = ts.tolist()
         return self.timesteps[step]
 

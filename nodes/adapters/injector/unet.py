@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ...core.blocks import AUTO
 from .. import feature_fusion
 from .attention import make_qk_replace, replace_block
 from .layers import InjectedResidualMixin, install_view
@@ -26,6 +27,9 @@ class UNetFamily:
     levels: int  # len(unet_config["channel_mult"])
     resblock: str  # module path of the decoder ResBlock whose residual is injected
     qk_blocks: tuple[int, ...]  # decoder (output) block ids whose self-attention Q/K are injected
+    flow = False  # eps/v prediction on a DDIM schedule
+    patch = 1  # masks on the latent grid itself
+    time_scale = 1.0  # the Q/K blend's t is the model timestep (0..999)
 
     def matches(self, model) -> bool:
         dm = getattr(model.model, "diffusion_model", None)
@@ -64,7 +68,21 @@ class UNetFamily:
         """The ``(block name, block id)`` replace keys of the injected self-attention."""
         return [("output", i) for i in self.qk_blocks]
 
-    def injected_attention_paths(self, model) -> list[str]:
+    def check_blocks(self, settings) -> None:
+        """The UNet families inject at the released blocks only: ValueError for any other block choice."""
+        for name in ("feature_blocks", "qk_blocks"):
+            if getattr(settings, name).lower() != AUTO:
+                raise ValueError(
+                    f"{name}: {getattr(settings, name)!r} chooses blocks of a Flux model; an {self.name} UNet injects "
+                    f"at the released pipeline's blocks ({self.resblock}, decoder attn1 of blocks "
+                    f"{self.qk_blocks[0]}-{self.qk_blocks[-1]}): set it to 'auto'"
+                )
+
+    def bypass_rows(self, model, path: str):
+        """None: the LoRA is bypassed in the whole injected self-attention layer (the released pipeline)."""
+        return None
+
+    def injected_attention_paths(self, model, settings=None) -> list[str]:
         """Module paths of the self-attention layers whose Q/K are injected (the LoRA is bypassed in them unless
         ``lora_in_injected_attention``)."""
         attn1 = self.attention_modules(model, "attn1")

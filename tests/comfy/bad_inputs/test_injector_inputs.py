@@ -41,8 +41,8 @@ def test_unknown_unet_is_refused_naming_the_supported_families(mods, prompts, st
     styles = add_style(mods, prompts["style"], half())
     with pytest.raises(
         ValueError,
-        match=r"model: DiffStyler supports SD1\.x, SD2\.x and SDXL UNets; this one \(BaseModel, 6 decoder blocks\) "
-        r"is not one of them: .*checkpoint",
+        match=r"model: DiffStyler supports SD1\.x, SD2\.x and SDXL UNets and Flux\.1 \(dev, schnell\); this one "
+        r"\(BaseModel, 6 decoder blocks\) is not one of them: load an SD1\.x, SD2\.x, SDXL or Flux\.1 model",
     ):
         inject(mods, stays_clean, unknown_unet(), styles)
 
