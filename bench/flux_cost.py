@@ -106,7 +106,7 @@ def arguments(argv):
     return ap.parse_args(argv)
 
 
-def host_info(args) -> dict:
+def host_info() -> dict:
     import torch
 
     try:
@@ -228,7 +228,7 @@ def main(argv=None):
         "inversion_grid": inv.grid,
         "repeats": args.repeats,
         "warmup": args.warmup,
-        **host_info(args),
+        **host_info(),
         "rows_per_step": {tag: r / n for tag, r in rows.items()},
         "calls_per_step": {tag: c / n for tag, c in calls.items()},
         "models": {tag: len(c.models) for tag, (_run, c) in cases.items()},
