@@ -100,6 +100,25 @@ def random_lora(model, rank: int = 16, seed: int = 0, scale: float = 0.3) -> dic
     return tiny.random_lora(model, rank=rank, seed=seed, scale=scale, alpha=rank)
 
 
+def random_flux_lora(model, rank: int = 4, seed: int = 0, scale: float = 0.3) -> dict:
+    """A kohya-layout Flux LoRA (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`` ..., alpha = rank) on
+    every 2-D weight of ``model``'s double and single blocks (fused qkv / linear1 whole, projections, MLPs,
+    modulations): random factors whose update's entries are about ``scale`` times a fan-in scaled weight's."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, w in model.model.diffusion_model.state_dict().items():
+        if w.ndim != 2 or not key.endswith(".weight") or not key.startswith(("double_blocks", "single_blocks")):
+            continue
+        stem = "lora_unet_" + key[: -len(".weight")].replace(".", "_")
+        sd[stem + ".lora_down.weight"] = torch.randn(rank, w.shape[1], generator=g)
+        up = torch.randn(w.shape[0], rank, generator=g)
+        sd[stem + ".lora_up.weight"] = up * (scale * math.sqrt(rank / w.shape[1]))
+        sd[stem + ".alpha"] = torch.tensor(float(rank))
+    return sd
+
+
 def count_rows(patcher) -> tuple[object, list[int]]:
     """A clone of ``patcher`` and the live list of the rows of each UNet call it makes (a MODEL style's own UNet,
     an additional model of the clone, counted in the same list): rows per step are measured, not assumed."""

@@ -63,3 +63,56 @@ def print_table(res: dict, args, ks: list[int], n: int, torch_version: str, thre
         )
     if "diffstyler_k1" in res["peak_mb"] and "diffstyler_k3" in res["peak_mb"]:
         print(f"peak memory k=3 / k=1: {res['peak_mb']['diffstyler_k3'] / res['peak_mb']['diffstyler_k1']:.3f}")
+
+
+FLUX_ROWS = (
+    ("plain", "plain Flux-dev (KSampler, euler, cfg 1)"),
+    ("diffstyler_k{k}", "diffstyler k={k} (defaults)"),
+    ("model_bg_k{k}", "  background model k={k}"),
+    ("copies_k{k}", "copy per style k={k} ({m} models)"),
+)
+
+
+def print_flux_table(res: dict) -> None:
+    """Print the results ``res`` of bench/flux_cost.py: one line per case (wall and CPU seconds, x plain, rows and
+    calls per step, x rows on both clocks, models and their weights), the inversion, the speed-ups and the goals as
+    pass/miss lines."""
+    load = res["load_average"]
+    print(
+        f"\nDiffStyler Flux bench: tiny Flux.1-dev (random weights) hidden {res['hidden']}, {res['double_blocks']} "
+        f"double + {res['single_blocks']} single blocks, {res['size']} px ({res['tokens']} image tokens), "
+        f"{res['text_tokens']} text tokens, {res['steps']} steps, LoRA rank {res['lora_rank']}, ComfyUI "
+        f"{res['comfyui']}, torch {res['torch']}, {res['threads']} thread(s), {res['cpu_model']}; median of "
+        f"{res['repeats']} round(s) after {res['warmup']} warm-up round(s); load average at start "
+        f"{'/'.join(f'{v:.2f}' for v in load['start'])}, at end {'/'.join(f'{v:.2f}' for v in load['end'])}"
+    )
+    print(
+        f"{'run':<40}{'wall s':>8}{'cpu s':>8}{'x plain':>9}{'rows/step':>11}{'calls/step':>12}{'x rows':>8}"
+        f"{'(cpu)':>7}{'models':>8}{'weights MB':>12}"
+    )
+    wall, cpu = res["wall"], res["cpu"]
+    for k in [None, *res["ks"]]:
+        for tag, name in FLUX_ROWS:
+            if (k is None) != (tag == "plain"):
+                continue
+            tag = tag.format(k=k)
+            name = name.format(k=k, m=res["models"][tag])
+            print(
+                f"{name:<40}{wall['times_s'][tag]:>8.3f}{cpu['times_s'][tag]:>8.3f}{wall['x_plain'][tag]:>9.2f}"
+                f"{res['rows_per_step'][tag]:>11.1f}{res['calls_per_step'][tag]:>12.1f}{wall['x_rows'][tag]:>8.2f}"
+                f"{cpu['x_rows'][tag]:>7.2f}{res['models'][tag]:>8d}{res['weights_mb'][tag]:>12.1f}"
+            )
+    print(
+        f"inversion (DDIM Inversion node, {res['inversion_grid']} grid): {wall['times_s']['inversion']:.3f} s wall, "
+        f"{cpu['times_s']['inversion']:.3f} s CPU, {res['rows_per_step']['inversion']:.1f} rows per step; plain: "
+        f"{wall['plain_s_per_row'] * 1e3:.1f} ms per row wall, {cpu['plain_s_per_row'] * 1e3:.1f} ms CPU; each "
+        f"style's LoRA {res['lora_mb_per_style']:.2f} MB"
+    )
+    for k in wall["copies_over_diffstyler"]:
+        print(
+            f"speed-up over the copy-per-style design, k={k}: {wall['copies_over_diffstyler'][k]:.2f}x wall, "
+            f"{cpu['copies_over_diffstyler'][k]:.2f}x CPU"
+        )
+    for goal in res["goals"]:
+        value = goal["value"] if isinstance(goal["value"], str) else f"{goal['value']:.2f}"
+        print(f"goal {'pass' if goal['met'] else 'miss'}: {goal['goal']}: {value} (target {goal['target']})")

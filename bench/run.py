@@ -31,6 +31,9 @@ same run. ``--kernels`` adds one untimed run per case that counts the ATen opera
 prints one JSON object as the last line.
 
     python bench/run.py [--size 256] [--steps 10] [--repeats 3] [--cpu] [--attention pytorch] [--kernels] [--json]
+
+``--family flux`` runs the Flux.1 section instead (bench/flux_cost.py: a tiny Flux on the CPU, its own options;
+``python bench/run.py --family flux --help``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 
 import common
 import graph_rerun
@@ -47,7 +51,16 @@ import report
 
 
 def main():
+    family = argparse.ArgumentParser(add_help=False)
+    family.add_argument("--family", choices=("sd15", "flux"), default="sd15")
+    known, rest = family.parse_known_args()
+    if known.family == "flux":
+        import flux_cost
+
+        return flux_cost.main(rest)
+    sys.argv[1:] = rest
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", choices=("sd15", "flux"), default="sd15", help="flux: the Flux.1 section")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)

@@ -30,8 +30,9 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                     min=0.0,
                     max=1.0,
                     step=0.01,
-                    tooltip="Fraction of the steps during which the content ResBlock features are injected "
-                    "(paper: 0.6 = 30 of 50 steps). 0 turns it off.",
+                    tooltip="Fraction of the steps during which the content features are injected (paper: 0.6 = 30 "
+                    "of 50 steps). SD/SDXL: the decoder ResBlock's residual; Flux: the image tokens' residual update "
+                    "of feature_blocks. 0 turns it off.",
                 ),
                 io.Float.Input(
                     "qk_injection_end",
@@ -39,31 +40,32 @@ class DiffStylerCrossLoRAInjector(io.ComfyNode):
                     min=0.0,
                     max=1.0,
                     step=0.01,
-                    tooltip="Fraction of the steps during which decoder self-attention Q/K are injected "
-                    "(paper: 0.5). 0 turns it off.",
+                    tooltip="Fraction of the steps during which self-attention Q/K are injected (paper: 0.5). "
+                    "SD/SDXL: decoder attn1; Flux: the image tokens' Q/K in qk_blocks. 0 turns it off.",
                 ),
                 io.Combo.Input(
                     "qk_blend",
                     options=list(QK_BLENDS),
                     default=DEFAULTS.qk_blend,
-                    tooltip="adaptive: q = r*q_content + (1-r)*q_style with r = min(1, 2t/1000) (the paper); "
-                    "replace: r = 1 (plain Plug-and-Play).",
+                    tooltip="adaptive: q = r*q_content + (1-r)*q_style with r = min(1, 2t/1000) (the paper; Flux: "
+                    "t = 1000*sigma); replace: r = 1 (plain Plug-and-Play).",
                 ),
                 io.Boolean.Input(
                     "lora_in_injected_attention",
                     default=DEFAULTS.lora_in_injected_attention,
                     tooltip="Off (the released pipeline): the style LoRA is bypassed inside the Q/K-injected decoder "
-                    "self-attention layers, in every branch and at every step. On: the LoRA acts there too (our "
-                    "option; stronger style, less content structure).",
+                    "self-attention layers (Flux: in the q/k rows of the Q/K blocks' fused projections only), in every "
+                    "branch and at every step. On: the LoRA acts there too (our option; stronger style, less content "
+                    "structure).",
                 ),
                 io.Combo.Input(
                     "fusion",
                     options=list(FUSIONS),
                     default=DEFAULTS.fusion,
                     optional=True,
-                    tooltip="noise: one cond/uncond pair per style, fused by mask (the paper). feature "
-                    "(experimental): all styles share one pair; each style's LoRA acts on its region's tokens and "
-                    "each region attends to its own prompt. Faster for several styles.",
+                    tooltip="noise: one cond/uncond pair per style, fused by mask (the paper; Flux: v predictions). "
+                    "feature (experimental, SD/SDXL only): all styles share one pair; each style's LoRA acts on its "
+                    "region's tokens and each region attends to its own prompt. Faster for several styles.",
                 ),
                 io.Combo.Input(
                     "content_rows",

@@ -17,14 +17,27 @@ class DiffStylerTrainStyleLoRA(io.ComfyNode):
             description=(
                 "Trains a style LoRA from one style image (or a few) as DiffStyler does: LoRA on the UNet attention "
                 "projections, rank 16, 200 steps, AdamW lr 2e-4, noise-prediction loss, frozen text encoder and a "
-                "trigger prompt. The input MODEL is not changed. Outputs the LoRA (core LORA_MODEL: connect Load LoRA "
-                "Model, Save LoRA Weights or the Style LoRA Loader) and a loss curve; optionally saves it to "
-                "models/loras so LoraLoader can load it."
+                "trigger prompt. On a Flux.1 MODEL (dev or schnell): LoRA on the double blocks' image-stream "
+                "attention (img_attn.qkv, img_attn.proj) with the flow-matching loss. The input MODEL is not changed. "
+                "Outputs the LoRA (core LORA_MODEL: connect Load LoRA Model, Save LoRA Weights or the Style LoRA "
+                "Loader) and a loss curve; optionally saves it to models/loras so LoraLoader can load it."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model to train the LoRA for (it is left unchanged)."),
-                io.Clip.Input("clip", tooltip="The checkpoint's text encoder; frozen, it encodes the prompt once."),
-                io.Vae.Input("vae", tooltip="The checkpoint's VAE, used to encode the style image to a latent."),
+                io.Model.Input(
+                    "model",
+                    tooltip="The diffusion model to train the LoRA for (it is left unchanged): an SD1.x/SD2.x/SDXL "
+                    "checkpoint's, or Flux.1 dev/schnell (Load Diffusion Model). Flux.2 and other DiTs are refused.",
+                ),
+                io.Clip.Input(
+                    "clip",
+                    optional=True,
+                    tooltip="The checkpoint's text encoder; frozen, it encodes the prompt once. Flux: the "
+                    "DualCLIPLoader's (t5xxl + clip_l, type flux). Not needed when 'conditioning' is connected.",
+                ),
+                io.Vae.Input(
+                    "vae",
+                    tooltip="The checkpoint's VAE, used to encode the style image to a latent. Flux: ae.safetensors.",
+                ),
                 io.Image.Input(
                     "image",
                     tooltip="The style image (one, as in the paper, or a few: each step uses the next one). "
@@ -34,7 +47,8 @@ class DiffStylerTrainStyleLoRA(io.ComfyNode):
                     "prompt",
                     default="painting of <sss>",
                     multiline=False,
-                    tooltip="Training prompt with the trigger string; use the same trigger when sampling.",
+                    tooltip="Training prompt with the trigger string; use the same trigger when sampling. Encoded with "
+                    "'clip' unless 'conditioning' is connected (then it is only written into the file's metadata).",
                 ),
                 io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Training steps. The paper uses 200."),
                 io.Float.Input(
@@ -51,7 +65,9 @@ class DiffStylerTrainStyleLoRA(io.ComfyNode):
                     options=list(core.TARGET_CHOICES),
                     default="attention",
                     tooltip="attention: to_q, to_k, to_v, to_out.0 of every self- and cross-attention (the paper). "
-                    "all_linear: every Linear and 1x1 conv layer of the UNet.",
+                    "all_linear: every Linear and 1x1 conv layer of the UNet. Flux: attention = the double blocks' "
+                    "image-stream img_attn.qkv and img_attn.proj; all_linear = every Linear of the double and single "
+                    "blocks.",
                 ),
                 io.Int.Input(
                     "seed",
@@ -59,7 +75,8 @@ class DiffStylerTrainStyleLoRA(io.ComfyNode):
                     min=0,
                     max=0xFFFFFFFFFFFFFFFF,
                     control_after_generate=False,
-                    tooltip="Seeds the LoRA init, the noise and the timesteps; the same seed gives the same LoRA.",
+                    tooltip="Seeds the LoRA init, the noise and the timesteps (Flux: the sigmas, drawn through the "
+                    "MODEL's shift); the same seed gives the same LoRA.",
                 ),
                 io.Int.Input(
                     "resolution",
@@ -68,7 +85,7 @@ class DiffStylerTrainStyleLoRA(io.ComfyNode):
                     max=4096,
                     step=8,
                     tooltip="Short side of the training image in pixels (aspect kept, sides multiples of 8). "
-                    "512 for SD1.5.",
+                    "512 for SD1.5; Flux trains at 512 to 1024.",
                 ),
                 io.String.Input(
                     "save_name",
@@ -76,6 +93,13 @@ class DiffStylerTrainStyleLoRA(io.ComfyNode):
                     optional=True,
                     tooltip="Also save as models/loras/<save_name>.safetensors (replaces a file of that name). "
                     "Empty: don't save.",
+                ),
+                io.Conditioning.Input(
+                    "conditioning",
+                    optional=True,
+                    tooltip="The training prompt as CONDITIONING, used instead of encoding 'prompt' with 'clip'. "
+                    "Flux: CLIP Text Encode (Flux) or FluxGuidance output; the guidance it carries is the training's "
+                    "(dev; schnell ignores it; none: ComfyUI's Flux default 3.5).",
                 ),
             ],
             outputs=[
@@ -102,17 +126,18 @@ class DiffStylerTrainStyleLoRA(io.ComfyNode):
     def execute(
         cls,
         model,
-        clip,
-        vae,
-        image,
-        prompt: str,
-        steps: int,
-        learning_rate: float,
-        rank: int,
-        targets: str,
-        seed: int,
-        resolution: int,
+        clip=None,  # optional: not needed when 'conditioning' is connected (the rest keep the schema's defaults)
+        vae=None,
+        image=None,
+        prompt: str = "painting of <sss>",
+        steps: int = 200,
+        learning_rate: float = 2e-4,
+        rank: int = 16,
+        targets: str = "attention",
+        seed: int = 0,
+        resolution: int = 512,
         save_name: str = "",
+        conditioning=None,
     ) -> io.NodeOutput:
         cfg = core.TrainingConfig(
             steps=int(steps),
@@ -123,11 +148,13 @@ class DiffStylerTrainStyleLoRA(io.ComfyNode):
             resolution=int(resolution),
         )
         stem = core.check_save_name(save_name or "")
-        result = training.train_style_lora(model, clip, vae, image, prompt, cfg)
+        result = training.train_style_lora(model, clip, vae, image, prompt, cfg, conditioning=conditioning)
         lora = result.state_dict()
         if stem:
-            lora_save.save_lora_file(lora, stem, lora_save.lora_metadata(cfg, prompt, result.targets))
-        curve = core.plot_loss_curve(result.losses, title=f"style LoRA loss, {cfg.targets}, rank {cfg.rank}")
+            metadata = lora_save.lora_metadata(cfg, prompt, result.targets, result.family)
+            lora_save.save_lora_file(lora, stem, metadata)
+        title = f"{'Flux ' if result.family == 'flux' else ''}style LoRA loss, {cfg.targets}, rank {cfg.rank}"
+        curve = core.plot_loss_curve(result.losses, title=title)
         return io.NodeOutput(lora, curve)
 
 

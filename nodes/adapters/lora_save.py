@@ -16,8 +16,11 @@ from ..core import training as core
 logger = logging.getLogger(__name__)
 
 
-def lora_metadata(cfg: core.TrainingConfig, prompt: str, targets: list) -> dict[str, str]:
+def lora_metadata(cfg: core.TrainingConfig, prompt: str, targets: list, family: str = "unet") -> dict[str, str]:
+    """kohya's ``ss_*`` keys (Flux: ``ss_base_model_version`` ``flux1``, as kohya writes it) and the run's settings."""
+    flux = {"ss_base_model_version": "flux1"} if family == "flux" else {}
     return {
+        **flux,
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(cfg.rank),
         "ss_network_alpha": f"{cfg.lora_alpha:g}",
@@ -28,6 +31,7 @@ def lora_metadata(cfg: core.TrainingConfig, prompt: str, targets: list) -> dict[
         "diffstyler_layers": str(len(targets)),
         "diffstyler_seed": str(cfg.seed),
         "diffstyler_resolution": str(cfg.resolution),
+        "diffstyler_family": family,
     }
 
 

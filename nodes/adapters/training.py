@@ -18,7 +18,8 @@ outside inference mode.
 
 The loss (:func:`diffusion_loss`) is the paper's noise-prediction MSE in the model's own output space
 (epsilon for EPS models, v for v-prediction), computed from ``apply_model``'s denoised output; see
-``core.training.output_space_mse`` for why that equals the raw-output loss exactly.
+``core.training.output_space_mse`` for why that equals the raw-output loss exactly. A Flux.1 MODEL trains in the
+same loop with its own targets and the flow-matching loss (``training_flux.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import training as core
-from . import dynamic_vram
+from . import dynamic_vram, training_flux
 from .training_inputs import TrainingInputs, prepare_inputs
 
 logger = logging.getLogger(__name__)
@@ -44,16 +45,7 @@ logger = logging.getLogger(__name__)
 TRAIN_MEMORY_REQUIRED = 1e20
 
 
-@dataclass(frozen=True)
-class LoraTarget:
-    """One UNet layer that gets a LoRA: its state-dict key ``diffusion_model.<path>.weight`` and shape."""
-
-    weight_key: str
-    shape: tuple[int, ...]
-
-    @property
-    def prefix(self) -> str:
-        return core.kohya_prefix(self.weight_key)
+LoraTarget = core.LoraTarget  # one layer that gets a LoRA: ``diffusion_model.<path>.weight`` and its shape
 
 
 @dataclass
@@ -97,6 +89,7 @@ class TrainResult:
     losses: list[float]
     config: core.TrainingConfig
     targets: list[LoraTarget] = field(default_factory=list)
+    family: str = "unet"  # "unet" or "flux" (training_flux.model_family)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.lora.state_dict()
@@ -148,9 +141,11 @@ def _model_conds(base, conditioning: list, latent: torch.Tensor, device, seed: i
 
 def find_targets(base, targets: str) -> list[LoraTarget]:
     """The UNet layers a LoRA goes on: ``"attention"`` (to_q/to_k/to_v/to_out.0 of attn1 and attn2) or
-    ``"all_linear"`` (every Linear and 1x1 Conv2d)."""
+    ``"all_linear"`` (every Linear and 1x1 Conv2d); a Flux.1 model's: ``training_flux.find_targets``."""
     if targets not in core.TARGET_CHOICES:
         raise ValueError(f"targets: expected one of {list(core.TARGET_CHOICES)}, got {targets!r}")
+    if training_flux.model_family(base) == "flux":
+        return training_flux.find_targets(base, targets)
     found = []
     for path, module in base.diffusion_model.named_modules():
         weight = getattr(module, "weight", None)
@@ -209,14 +204,18 @@ class LoraDenoiser:
             if missing:
                 raise ValueError(f"lora: {len(missing)} target weights are not in this model, e.g. {missing[0]}")
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, conds: dict) -> torch.Tensor:
-        params = self.frozen
-        if self.lora is not None:
-            params = dict(self.frozen)
-            scale = self.lora.scale
-            for key, (down, up) in self.lora.factors.items():
-                w = self.frozen["base." + key]
-                params["base." + key] = w + core.lora_delta(down, up, scale, w.shape).to(w.dtype)
+    def params(self) -> dict[str, torch.Tensor]:
+        """The tensors of one call: the frozen ones, each LoRA target weight ``W`` as ``W + scale * up @ down``."""
+        if self.lora is None:
+            return self.frozen
+        params = dict(self.frozen)
+        for key, (down, up) in self.lora.factors.items():
+            w = self.frozen["base." + key]
+            params["base." + key] = w + core.lora_delta(down, up, self.lora.scale, w.shape).to(w.dtype)
+        return params
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, conds: dict, params: dict | None = None) -> torch.Tensor:
+        params = self.params() if params is None else params
         return torch.func.functional_call(self.module, params, (x, sigma, conds), strict=False)
 
 
@@ -266,27 +265,31 @@ def train(model, inputs: TrainingInputs, cfg: core.TrainingConfig, progress: boo
     """Train a style LoRA on ``inputs`` with ``cfg``; the input ``model`` (ModelPatcher) is left unchanged.
 
     Each step takes one style latent (cycling through the batch), a timestep ``t ~ U{0..T-1}`` over the model's
-    whole sigma table and Gaussian noise, both from a ``torch.Generator`` seeded with ``cfg.seed`` (the LoRA init
-    draws from it first), so a seed gives bit-identical factors on CPU. AdamW (lr, weight decay 1e-2). Raises
+    whole sigma table (Flux: ``ModelSamplingFlux``'s 10000 sigmas through the MODEL's shift) and Gaussian noise,
+    both from a ``torch.Generator`` seeded with ``cfg.seed`` (the LoRA init draws from it first), so a seed gives
+    bit-identical factors on CPU. AdamW (lr, weight decay 1e-2). Raises
     ``comfy.model_management.InterruptProcessingException`` at the next step after an interrupt.
     """
     losses: list[float] = []
+    family = training_flux.model_family(model.model)  # refuses other families before anything is loaded
     pbar = comfy.utils.ProgressBar(cfg.steps)
     bar = tqdm(total=cfg.steps, desc="Style LoRA", disable=not (progress and comfy.utils.PROGRESS_BAR_ENABLED))
     # Load in the caller's mode (inference mode in ComfyUI), as every other node does; train outside it.
     patcher = _load(model)
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), training_flux.differentiable_rope(family == "flux"):
         base = patcher.model
         device = patcher.load_device
         _check_latent(base, inputs.latent)
+        loss_function = training_flux.loss_function(base, inputs.conditioning, diffusion_loss)
         ms = base.model_sampling
         sigma_table = _sigma_table(ms)
         targets = find_targets(base, cfg.targets)
         n_images = int(inputs.latent.shape[0])
         compute_dtype = _compute_dtype(base)
         logger.info(
-            "DiffStyler: training a style LoRA on %d %s layers (rank %d, alpha %g) for %d steps at lr %g on %d "
+            "DiffStyler: training a %s style LoRA on %d %s layers (rank %d, alpha %g) for %d steps at lr %g on %d "
             "image(s) %dx%d, %s %s",
+            family,
             len(targets),
             cfg.targets,
             cfg.rank,
@@ -320,7 +323,7 @@ def train(model, inputs: TrainingInputs, cfg: core.TrainingConfig, progress: boo
                 t = core.sample_timestep_indices(generator, 1, int(sigma_table.shape[0]))
                 noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(device)
                 sigma = sigma_table[t].to(device)
-                loss = diffusion_loss(denoiser, ms, x0, noise, sigma, conds)
+                loss = loss_function(denoiser, ms, x0, noise, sigma, conds)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -350,12 +353,15 @@ def train(model, inputs: TrainingInputs, cfg: core.TrainingConfig, progress: boo
             alpha=lora.alpha,
             factors={k: (d.detach().clone(), u.detach().clone()) for k, (d, u) in lora.factors.items()},
         )
-    return TrainResult(lora=trained, losses=losses, config=cfg, targets=targets)
+    return TrainResult(lora=trained, losses=losses, config=cfg, targets=targets, family=family)
 
 
-def train_style_lora(model, clip, vae, images, prompt: str, cfg: core.TrainingConfig, progress=True) -> TrainResult:
-    """Encode ``images`` (IMAGE ``[B,H,W,C]`` 0..1) and ``prompt``, then :func:`train`."""
-    inputs = prepare_inputs(clip, vae, images, prompt, cfg.resolution)
+def train_style_lora(
+    model, clip, vae, images, prompt: str, cfg: core.TrainingConfig, progress=True, conditioning=None
+) -> TrainResult:
+    """Encode ``images`` (IMAGE ``[B,H,W,C]`` 0..1) and ``prompt`` (or take ``conditioning``), then :func:`train`."""
+    training_flux.model_family(model.model)
+    inputs = prepare_inputs(clip, vae, images, prompt, cfg.resolution, conditioning)
     return train(model, inputs, cfg, progress=progress)
 
 
@@ -370,6 +376,7 @@ def fixed_timestep_loss(
         base = patcher.model
         device = patcher.load_device
         _check_latent(base, inputs.latent)
+        loss_function = training_flux.loss_function(base, inputs.conditioning, diffusion_loss)
         ms = base.model_sampling
         sigma_table = _sigma_table(ms)
         t = core.fixed_timestep_indices(int(sigma_table.shape[0]), count)
@@ -382,5 +389,5 @@ def fixed_timestep_loss(
         for i in range(latents.shape[0]):
             x0 = latents[i : i + 1].expand(count, -1, -1, -1)
             noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(device)
-            total += float(diffusion_loss(denoiser, ms, x0, noise, sigma, conds))
+            total += float(loss_function(denoiser, ms, x0, noise, sigma, conds))
     return total / latents.shape[0]

@@ -40,21 +40,32 @@ def validate_images(images) -> None:
         )
 
 
-def prepare_inputs(clip, vae, images: torch.Tensor, prompt: str, resolution: int) -> TrainingInputs:
+def prepare_inputs(
+    clip, vae, images: torch.Tensor, prompt: str, resolution: int, conditioning: list | None = None
+) -> TrainingInputs:
     """Resize the style image(s) (short side ``resolution``, multiples of 8), VAE-encode them, encode the prompt.
 
-    The text encoder is frozen: the prompt is encoded once, without gradients.
+    The text encoder is frozen: the prompt is encoded once, without gradients. A given ``conditioning``
+    (CONDITIONING, e.g. a Flux prompt with its guidance) is used as it is instead, and ``clip`` is not needed.
     """
     validate_images(images)
-    if clip is None:
-        raise ValueError("clip: the prompt needs a text encoder: connect the checkpoint's CLIP")
+    if conditioning is not None and not (isinstance(conditioning, list) and conditioning):
+        got = "an empty list" if isinstance(conditioning, list) else type(conditioning).__name__
+        raise ValueError(
+            f"conditioning: expected a non-empty CONDITIONING, got {got}: connect a CLIP Text Encode output"
+        )
+    if clip is None and conditioning is None:
+        raise ValueError(
+            "clip: the prompt needs a text encoder: connect the checkpoint's CLIP, or a CONDITIONING to 'conditioning'"
+        )
     if vae is None:
         raise ValueError("vae: the style image is encoded to a latent with the VAE: connect the checkpoint's VAE")
     size = core.training_size(int(images.shape[1]), int(images.shape[2]), int(resolution))
     pixels = core.resize_images(images[..., :3].float(), size)
     with torch.no_grad():
         latent, std = encode_posterior(vae, pixels)
-        conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+        if conditioning is None:
+            conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
     return TrainingInputs(latent=latent, conditioning=conditioning, prompt=prompt, size=size, latent_std=std)
 
 

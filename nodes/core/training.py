@@ -2,9 +2,10 @@
 
 DiffStyler learns each style as a LoRA on the UNet attention projections from ONE style image:
 rank 16, 200 steps, AdamW at lr 2e-4, the noise-prediction (epsilon) loss of DDPM with a uniformly
-sampled timestep, and a frozen text encoder fed a trigger prompt ("painting of <sss>"). This module
-holds what does not need ComfyUI: the configuration, image sizing, timestep sampling, LoRA factor
-initialisation and deltas, the loss in the model's output space, the kohya key naming, and the
+sampled timestep, and a frozen text encoder fed a trigger prompt ("painting of <sss>"). On Flux.1 (design
+Sec. 6) the LoRA goes on the double blocks' image-stream attention projections and the loss is flow
+matching's. This module holds what does not need ComfyUI: the configuration, image sizing, timestep
+sampling, LoRA targets, factor initialisation and deltas, the losses, the kohya key naming, and the
 loss-curve plot.
 """
 
@@ -21,6 +22,10 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 TARGET_CHOICES = ("attention", "all_linear")
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 _ATTENTION_RE = re.compile(r"(^|\.)attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
+# Flux.1 (module paths inside the diffusion model): the double blocks' image-stream attention projections, and the
+# blocks themselves (every Linear in them is what targets="all_linear" trains on Flux)
+_FLUX_ATTENTION_RE = re.compile(r"^double_blocks\.\d+\.img_attn\.(qkv|proj)$")
+_FLUX_BLOCK_RE = re.compile(r"^(double_blocks|single_blocks)\.\d+\.")
 _SAVE_NAME_BAD = ("/", "\\", ":", "\x00")
 
 
@@ -155,7 +160,52 @@ def output_space_mse(denoised: torch.Tensor, clean: torch.Tensor, output_scale: 
     return diff.pow(2).mean()
 
 
-# ---------------------------------------------------------------------------- LoRA factors
+def flow_noised(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Flow matching's noised latent ``x_s = s*noise + (1-s)*x0`` (``sigma`` ``[B]``, latents ``[B,C,h,w]``)."""
+    s = sigma.reshape((-1,) + (1,) * (x0.ndim - 1)).to(x0.dtype)
+    return s * noise + (1.0 - s) * x0
+
+
+def flow_matching_mse(
+    x_s: torch.Tensor, denoised: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """The flow-matching loss ``||v_pred - (noise - x0)||^2`` (rectified flow, as Flux.1 is trained).
+
+    A flow model's denoised output is ``x_s - s * v_pred`` (ComfyUI's CONST model sampling), so the predicted
+    velocity is ``(x_s - denoised) / s``. ``sigma``: ``[B]`` in (0, 1]; latents ``[B,C,h,w]``. Scalar, float32.
+    """
+    s = sigma.reshape((-1,) + (1,) * (x0.ndim - 1)).float()
+    v_pred = (x_s.float() - denoised.float()) / s
+    return (v_pred - (noise.float() - x0.float())).pow(2).mean()
+
+
+# ---------------------------------------------------------------------------- LoRA targets and factors
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """One layer that gets a LoRA: its state-dict key ``diffusion_model.<path>.weight`` and weight shape."""
+
+    weight_key: str
+    shape: tuple[int, ...]
+
+    @property
+    def prefix(self) -> str:
+        return kohya_prefix(self.weight_key)
+
+
+def is_flux_target(module_path: str, targets: str) -> bool:
+    """Whether the Linear at ``module_path`` (inside a Flux.1 diffusion model) gets a LoRA for ``targets``.
+
+    ``"attention"``: the double blocks' image-stream ``img_attn.qkv`` and ``img_attn.proj`` (the single blocks'
+    ``linear1``/``linear2`` serve text and image tokens alike and fuse the MLP; docs/training.md says why they are
+    left out). ``"all_linear"``: every Linear of the double and single blocks.
+    """
+    if targets == "attention":
+        return _FLUX_ATTENTION_RE.match(module_path) is not None
+    if targets == "all_linear":
+        return _FLUX_BLOCK_RE.match(module_path) is not None
+    raise ValueError(f"targets: expected one of {list(TARGET_CHOICES)}, got {targets!r}")
 
 
 def is_attention_projection(module_path: str) -> bool:

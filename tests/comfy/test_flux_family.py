@@ -289,3 +289,35 @@ def test_prompts_of_several_lengths_run_one_call_per_length_and_say_so(fx, monke
         fx.sample.DiffStylerMaskedFusionSampler.execute(patched.result[0], inv, cond(fx, 1), cond(fx, 2), 1.0, "exact")
     assert calls == [1, 1] * STEPS, "no windows: each style's row in a call of its own length, never padded"
     assert "the prompts have 2 text lengths (8, 12 tokens): one transformer call per length" in caplog.text
+
+
+def test_each_injection_changes_the_result(fx):
+    """Feature injection alone and Q/K injection alone each move the styled region (neither is a no-op)."""
+    _inv, none = run(fx, [(11, half_mask(), 1.0)], feature_injection_end=0.0, qk_injection_end=0.0)
+    _inv, feature = run(fx, [(11, half_mask(), 1.0)], feature_injection_end=0.6, qk_injection_end=0.0)
+    _inv, qk = run(fx, [(11, half_mask(), 1.0)], feature_injection_end=0.0, qk_injection_end=0.5)
+    assert (feature - none).abs().max() > 1e-3, "feature injection"
+    assert (qk - none).abs().max() > 1e-3, "Q/K injection"
+
+
+def test_guider_pieces_split_across_two_samplers_equal_one_run(fx):
+    """DiffStyler Guider + DDIM Sampler (Euler on Flux) + Inversion Sigmas in two SamplerCustomAdvanced on SplitSigmas'
+    halves give the all-in-one sampler's result."""
+    from comfy_extras import nodes_custom_sampler as ncs
+
+    latent = {"samples": fx.tf.latent(8, 8, seed=3)}
+    inv, x_t = fx.invert.DiffStylerInvert.execute(fx.model, latent, STEPS, conditioning=cond(fx, 9, None)).result
+    styles = fx.style.DiffStylerStyleLoRA.execute("None", 1.0, cond(fx, 11), mask=half_mask(), lora=kohya_lora(fx, 11))
+    styles = styles.result[0]
+    patched = fx.inject.DiffStylerCrossLoRAInjector.execute(fx.model, styles, 0.6, 0.5, "adaptive", False).result[0]
+    whole = fx.sample.DiffStylerMaskedFusionSampler.execute(patched, inv, cond(fx, 1), cond(fx, 2), 1.0, "exact")
+    whole = whole.result[0]["samples"]
+    sigmas = fx.sample.DiffStylerInversionSigmas.execute(inv).result[0]
+    high, low = ncs.SplitSigmas.execute(sigmas, 2).result
+    sampler = fx.sample.DiffStylerDDIMSampler.execute().result[0]
+    part = x_t
+    for sig in (high, low):
+        guider = fx.sample.DiffStylerGuiderNode.execute(patched, inv, cond(fx, 1), cond(fx, 2), 1.0, "exact").result[0]
+        part = ncs.SamplerCustomAdvanced.execute(ncs.Noise_EmptyNoise(), guider, sampler, sig, part).result[0]
+    rel = float((part["samples"] - whole).norm() / whole.norm())
+    assert rel <= 1e-5, rel

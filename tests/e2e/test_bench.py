@@ -1,4 +1,5 @@
-"""bench/run.py end to end on a narrow SD1.5 UNet (every layer, little arithmetic): the table and the JSON line.
+"""bench/run.py end to end on a narrow SD1.5 UNet (every layer, little arithmetic): the table and the JSON line; its
+Flux section on a very small Flux (rows, calls and models counted).
 
 The full-size numbers in docs/performance.md come from the same script; this keeps the
 script, its JSON contract (issue: performance) and its row accounting from rotting.
@@ -16,9 +17,10 @@ import conftest
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow  # each test runs a bench script in its own Python
+# each test runs a bench script in its own Python; the SD ones take minutes (slow), the Flux one ~10 s
 
 
+@pytest.mark.slow
 def test_bench_prints_the_table_and_the_json_contract(tmp_path):
     env = dict(os.environ, COMFYUI_PATH=str(conftest.require_comfyui()))
     cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--cpu", "--channels", "32", "--size", "64"]
@@ -68,6 +70,48 @@ def test_bench_prints_the_table_and_the_json_contract(tmp_path):
     assert list(tmp_path.iterdir()) == [], "the bench writes nothing"
 
 
+def test_flux_section_counts_the_rows_of_each_design(tmp_path):
+    """bench/run.py --family flux on a very small Flux: the rows and calls per step, counted by the bench's wrapper,
+    the models each design holds, and the goal lines (times are printed, never checked)."""
+    env = dict(os.environ, COMFYUI_PATH=str(conftest.require_comfyui()))
+    cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--family", "flux", "--hidden", "128", "--double", "1"]
+    cmd += ["--single", "1", "--size", "64", "--steps", "4", "--text-tokens", "16", "--repeats", "1", "--warmup", "0"]
+    cmd += ["--json"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    res = json.loads(lines[-1])
+    assert res["family"] == "flux" and res["steps"] == 4 and res["tokens"] == 16 and res["ks"] == [1, 3]
+    for clock in ("wall", "cpu"):
+        assert all(t > 0 for t in res[clock]["times_s"].values()), clock
+        assert set(res[clock]["copies_over_diffstyler"]) == {"1", "3"}, clock
+    assert len(res["load_average"]["start"]) == 3 and res["threads"] == 1
+    rows, calls = res["rows_per_step"], res["calls_per_step"]
+    # plain Flux-dev at cfg 1 and the flow inversion: 1 row per step
+    assert rows["plain"] == rows["inversion"] == 1
+    # the defaults: [content, cond] per style while the windows are open (2 of the 4 steps), [cond] after, all in
+    # one call per step; the model background adds the base branch's 2 rows on every step
+    assert rows["diffstyler_k1"] == (2 * 2 + 1 * 2) / 4 and rows["diffstyler_k3"] == (6 * 2 + 3 * 2) / 4
+    assert rows["model_bg_k1"] == rows["diffstyler_k1"] + 2 and rows["model_bg_k3"] == rows["diffstyler_k3"] + 2
+    assert calls["diffstyler_k1"] == calls["diffstyler_k3"] == calls["model_bg_k3"] == 1
+    # a model per style and the base, each running [content, cond] in its own call every step
+    assert rows["copies_k1"] == 4 and rows["copies_k3"] == 8
+    assert calls["copies_k1"] == 2 and calls["copies_k3"] == 4
+    models, weights = res["models"], res["weights_mb"]
+    assert models["diffstyler_k1"] == models["diffstyler_k3"] == models["model_bg_k3"] == 1
+    assert models["copies_k1"] == 2 and models["copies_k3"] == 4
+    assert weights["diffstyler_k3"] == weights["diffstyler_k1"] == weights["plain"] > 0
+    assert abs(weights["copies_k3"] - 4 * weights["plain"]) < 1e-6
+    goals = res["goals"]
+    assert len(goals) == 2 * 4 + 1 and all(isinstance(g["met"], bool) for g in goals), "4 timed goals per clock"
+    assert goals[-1]["met"], "one model in memory whatever k (counted, not timed)"
+    table = "\n".join(lines)
+    for label in ("plain Flux-dev", "diffstyler k=3", "copy per style k=3 (4 models)", "inversion (DDIM", "goal "):
+        assert label in table, label
+    assert list(tmp_path.iterdir()) == [], "the bench writes nothing"
+
+
+@pytest.mark.slow
 def test_attention_memory_runs_each_backend_in_its_own_process(tmp_path):
     env = dict(os.environ, COMFYUI_PATH=str(conftest.require_comfyui()))
     cmd = [sys.executable, str(ROOT / "bench" / "attention_memory.py"), "--cpu", "--channels", "32", "--size", "64"]

@@ -176,10 +176,12 @@ def make_block_replace(state: PatchState, kind: str, feature: bool, qk: bool, pr
                 call, n_img, opts.get("optimized_attention_override")
             )
             args = {**args, "transformer_options": opts}
+        # ComfyUI's Flux blocks add their update to the input in place (``img += ...``): keep the input as it came
+        x_in = args["img"].clone() if do_res else None
         out = run(args)
         if do_res:
             out = dict(out)
-            x_in, x_out = args["img"], out["img"]
+            x_out = out["img"]
             out["img"] = _replace_image_update(call, x_in, x_out, x_out.shape[1] - n_img)
         return out
 
