@@ -8,7 +8,7 @@ import torch
 
 from ._api import io
 from .core import region as core
-from .core.masks import region_mask_latent
+from .core.masks import region_mask_latent, to_patch_grid
 from .style import STYLES
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class DiffStylerRegionMask(io.ComfyNode):
             # restyled too); a style with an empty step range leaves the content as it was
             live = [s.mask for s in styles if not s.never_active]
             region = region_mask_latent(live, h, w) if live else torch.zeros(1, 1, h, w, dtype=torch.bool)
+            region = to_patch_grid(region.float(), token_patch(vae)) > 0  # Flux: the sampler restyles whole tokens
             mask = core.feathered_paste_mask(core.latent_region_to_pixels(region, ratio), int(feather))
         else:
             mask = torch.ones(1, h * ratio, w * ratio)
@@ -101,3 +102,9 @@ class DiffStylerRegionMask(io.ComfyNode):
 
 
 NODES = [DiffStylerRegionMask]
+
+
+def token_patch(vae) -> int:
+    """Latent cells per token side of the model this VAE's latents go to: 16-channel latents are a DiT's with 2x2
+    patches (Flux.1, whose sampler fuses the styles on its token grid), 1 for the UNets' 4-channel latents."""
+    return 2 if int(getattr(vae, "latent_channels", 4)) == 16 else 1

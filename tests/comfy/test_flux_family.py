@@ -321,3 +321,19 @@ def test_guider_pieces_split_across_two_samplers_equal_one_run(fx):
         part = ncs.SamplerCustomAdvanced.execute(ncs.Noise_EmptyNoise(), guider, sampler, sig, part).result[0]
     rel = float((part["samples"] - whole).norm() / whole.norm())
     assert rel <= 1e-5, rel
+
+
+def test_region_mask_covers_the_tokens_the_sampler_restyles(fx):
+    """On Flux the sampler restyles whole 2x2-cell tokens: Region Mask (original pixels outside) covers the same cells,
+    so nothing the sampler changed is pasted over with the original."""
+    from comfyui_diffstyler.nodes import region
+    from comfyui_diffstyler.nodes.harness import flux_demo
+
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:24, 24:32] = 1.0  # latent cell (2, 3); its token holds cells rows 2-3, columns 2-3
+    styles = fx.style.DiffStylerStyleLoRA.execute("None", 1.0, cond(fx, 11), mask=mask).result[0]
+    image = torch.rand(1, 64, 64, 3)
+    paste, _x, _y = region.DiffStylerRegionMask.execute(styles, image, flux_demo.tiny_vae(), 0, True).result
+    expected = torch.zeros(1, 64, 64)
+    expected[:, 16:32, 16:32] = 1.0
+    assert torch.equal((paste > 0).float(), expected)
