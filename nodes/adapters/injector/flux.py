@@ -122,25 +122,24 @@ def image_tokens(state: PatchState) -> int:
 
 
 def _replace_image_update(call, x_in: torch.Tensor, x_out: torch.Tensor, start: int) -> torch.Tensor:
-    """``x_out`` with each injected row's image tokens (``[start:]``) set to its own input plus its content row's
-    residual update; every other row and every text token as the block gave them."""
+    """``x_out`` (the block's fresh output; ``x_in`` its input as it came) with each injected row's image tokens
+    (``[start:]``) set, in place, to its own input plus its content row's residual update; every other row and
+    every text token as the block gave them."""
     rows, src = call.res_rows, call.res_src
     update = x_out[:, start:].index_select(0, src) - x_in[:, start:].index_select(0, src)
-    out = x_out.clone()
-    out[:, start:].index_copy_(0, rows, x_in[:, start:].index_select(0, rows) + update.to(x_out.dtype))
-    return out
+    x_out[:, start:].index_copy_(0, rows, x_in[:, start:].index_select(0, rows) + update.to(x_out.dtype))
+    return x_out
 
 
 def _blend_image_qk(call, t: torch.Tensor, n_img: int) -> torch.Tensor:
-    """``t`` ``[B, heads, L, D]`` with each injected row's image tokens (the last ``n_img``) blended with its content
-    row's: ``r*content + (1-r)*style``."""
+    """``t`` ``[B, heads, L, D]`` (the attention's own Q or K, fresh from RoPE) with each injected row's image tokens
+    (the last ``n_img``) blended in place with its content row's: ``r*content + (1-r)*style``."""
     start = t.shape[2] - n_img
     img = t[:, :, start:]
     rows = img.index_select(0, call.qk_rows)
     blend_qk_(rows, img.index_select(0, call.qk_src), call.qk_ratio)
-    out = t.clone()
-    out[:, :, start:].index_copy_(0, call.qk_rows, rows)
-    return out
+    img.index_copy_(0, call.qk_rows, rows)
+    return t
 
 
 def make_qk_override(call, n_img: int, previous=None):
