@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 
 import comfy.lora
-import comfy.model_base
 import torch
 
 from ..core.lora import LayerDelta
+from .injector.flux import flux_kind
 from .lora_file import EXTRA_KEYS, _full_delta, _low_rank
 
 logger = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ FAMILY_HINTS = (
 def flux1_model(model) -> None:
     """ValueError naming the family unless ``model`` (a ModelPatcher) is a Flux.1 model (dev or schnell)."""
     base = model.model
-    image_model = base.model_config.unet_config.get("image_model")
-    if not isinstance(base, comfy.model_base.Flux) or image_model != "flux":
+    if flux_kind(base) != "flux":
+        image_model = (getattr(getattr(base, "model_config", None), "unet_config", None) or {}).get("image_model")
         raise ValueError(
             f"model: Flux LoRA parsing needs a Flux.1 (dev/schnell) MODEL, got {type(base).__name__} "
             f"(image_model {image_model!r}): Flux.2, Kontext-style reference models and other DiTs are not supported"

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import contextlib
 
-import comfy.model_base
 import comfy.model_management
 import comfy.model_sampling
 import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from ..core import training as core
+from .injector.flux import flux_kind
 
 FAMILIES = "SD1.x, SD2.x and SDXL UNets and Flux.1 (dev, schnell)"
 
@@ -39,7 +39,7 @@ def model_family(base) -> str:
     """``"flux"`` for a Flux.1 BaseModel, ``"unet"`` for a UNet one; ValueError naming any other family."""
     unet_config = getattr(getattr(base, "model_config", None), "unet_config", None) or {}
     image_model = unet_config.get("image_model")
-    if isinstance(base, comfy.model_base.Flux) and image_model == "flux":
+    if flux_kind(base) == "flux":
         return "flux"
     if image_model is None and isinstance(getattr(base, "diffusion_model", None), UNetModel):
         return "unet"

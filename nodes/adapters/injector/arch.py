@@ -20,7 +20,7 @@ def family_for(model):
     for family in FAMILIES:
         if family.matches(model):
             return family
-    kind = flux.flux_kind(model)
+    kind = flux.flux_kind(model.model)
     if kind is not None:
         raise ValueError(
             f"model: this is a Flux-family model of kind {kind!r} ({type(model.model).__name__}), not Flux.1: "

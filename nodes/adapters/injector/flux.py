@@ -32,13 +32,12 @@ REPLACE = {"double": "double_block", "single": "single_block"}
 PATCH = 2  # Flux.1 packs 2x2 latent cells into one token
 
 
-def flux_kind(model) -> str | None:
-    """``"flux"`` for a Flux.1 MODEL, else the ``image_model`` a Flux-derived model names (``"flux2"``, ...) or None
-    for a model that is no Flux at all."""
-    base = model.model
+def flux_kind(base) -> str | None:
+    """``"flux"`` for a Flux.1 BaseModel (``model.model`` of a MODEL), else the ``image_model`` a Flux-derived model
+    names (``"flux2"``, ...) or None for a model that is no Flux at all. The one place the pack tells Flux.1."""
     if not isinstance(base, comfy.model_base.Flux):
         return None
-    return str(getattr(base.model_config, "unet_config", {}).get("image_model"))
+    return str((getattr(getattr(base, "model_config", None), "unet_config", None) or {}).get("image_model"))
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class FluxFamily:
     time_scale: float = 1000.0  # the Q/K blend's t = 1000 * sigma (Flux's model timestep is sigma itself)
 
     def matches(self, model) -> bool:
-        return flux_kind(model) == "flux"
+        return flux_kind(model.model) == "flux"
 
     def depths(self, model) -> dict[str, int]:
         dm = model.model.diffusion_model
