@@ -17,7 +17,17 @@ import pytest
 import reliability_tools as rt
 import torch
 from bad_input_tools import checked, mask_node
-from dst_fixtures import DENSE, QUIET
+from dst_fixtures import (  # noqa: F401 - fixtures
+    DENSE,
+    QUIET,
+    fastsam_models,
+    mods,
+    one_torch_thread,
+    probe,
+    prompts,
+    stays_clean,
+    yolo_config,
+)
 
 # ---------------------------------------------------------------------------------------------- clear errors
 

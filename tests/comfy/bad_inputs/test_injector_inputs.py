@@ -14,6 +14,16 @@ import pytest
 import reliability_tools as rt
 import torch
 from bad_input_tools import add_style, half, inject, sample, unknown_unet
+from dst_fixtures import (  # noqa: F401 - fixtures
+    content,
+    inverted,
+    loras,
+    mods,
+    one_torch_thread,
+    probe,
+    prompts,
+    stays_clean,
+)
 
 STEPS = 4
 

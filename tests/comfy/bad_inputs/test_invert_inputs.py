@@ -12,6 +12,16 @@ from __future__ import annotations
 import pytest
 import torch
 from bad_input_tools import add_style, inject, invert, sample
+from dst_fixtures import (  # noqa: F401 - fixtures
+    content,
+    content_latent,
+    loras,
+    mods,
+    one_torch_thread,
+    probe,
+    prompts,
+    stays_clean,
+)
 
 STEPS = 4
 

@@ -15,6 +15,7 @@ import pytest
 import safetensors.torch
 import torch
 from bad_input_tools import checked, train
+from dst_fixtures import mods, one_torch_thread, probe, prompts, stays_clean  # noqa: F401 - fixtures
 
 # ---------------------------------------------------------------------------------------------- clear errors
 
