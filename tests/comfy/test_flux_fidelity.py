@@ -8,8 +8,8 @@ Both on the same tiny Flux-dev (hidden 128, 2 double and 2 single blocks), a 32x
 of one token count, LoRA files in the kohya and the diffusers layouts, masks with edges off the token grid, 10 steps.
 The oracle walks from the pack's inversion (the flow inversion is tested in test_flux_inversion).
 
-Measured (v0.8.0 and v0.33.0): the pack is within 0.9e-7 .. 3.5e-7 of the oracle in every case (the styles move the
-result by 25-75%); each broken rule moves the oracle 2.4e-3 .. 1.8e-1 away from the pack.
+Measured (v0.8.0 and v0.33.0): the pack is within 0.9e-7 .. 3.5e-7 of the oracle in every case, Flux.1-schnell
+included (the styles move the result by 25-75%); each broken rule moves the oracle 2.4e-3 .. 1.8e-1 away from it.
 """
 
 from __future__ import annotations
@@ -98,28 +98,36 @@ def flux_masks(k: int, size: int = 256) -> list:
     return [a, b, f][:k]
 
 
-@pytest.fixture(scope="module")
-def flux(mods, comfy_home):
+def make_case(comfy_home, guidance: bool, tag: str):
+    """The tiny Flux (dev with a guidance embedding, or schnell without), its content latent, prompts and style LoRA
+    files written into ComfyUI's models/loras (removed by the caller)."""
     from comfyui_diffstyler.nodes.harness import tiny_flux as tf
 
-    spec = tf.TinyFlux(hidden=128, depth=2, depth_single=2, guidance=True, seed=21)
+    spec = tf.TinyFlux(hidden=128, depth=2, depth_single=2, guidance=guidance, seed=21)
     model = tf.build_model(spec)
     content = tf.latent(32, 32, seed=22)
+    style_guidance = GUIDANCE if guidance else None  # schnell's conditionings carry none (it would be ignored)
     prompts = {
         "empty": tf.conditioning(spec, tokens=TOKENS, seed=30, guidance=None),  # the inversion sets guidance 1.0
-        "base": tf.conditioning(spec, tokens=TOKENS, seed=31, guidance=GUIDANCE),
+        "base": tf.conditioning(spec, tokens=TOKENS, seed=31, guidance=style_guidance),
         "neg": tf.conditioning(spec, tokens=TOKENS, seed=32, guidance=None),  # ComfyUI embeds its default 3.5
-        "styles": [tf.conditioning(spec, tokens=TOKENS, seed=33 + i, guidance=GUIDANCE) for i in range(3)],
+        "styles": [tf.conditioning(spec, tokens=TOKENS, seed=33 + i, guidance=style_guidance) for i in range(3)],
     }
     loras, names = [], []
     for i, fmt in enumerate(LORA_FORMATS):
         lora = flux_lora(model, fmt, seed=40 + i)
-        name = f"flux_oracle_{i}_{fmt}.safetensors"
+        name = f"flux_oracle_{tag}_{i}_{fmt}.safetensors"
         safetensors.torch.save_file(lora, str(comfy_home.models / "loras" / name))
         loras.append(lora)
         names.append(name)
-    yield Case(spec, model, content, prompts, loras, names)
-    for name in names:
+    return Case(spec, model, content, prompts, loras, names)
+
+
+@pytest.fixture(scope="module")
+def flux(mods, comfy_home):
+    case = make_case(comfy_home, guidance=True, tag="dev")
+    yield case
+    for name in case.names:
         (comfy_home.models / "loras" / name).unlink()
 
 
@@ -128,12 +136,12 @@ _INVERSION: dict = {}
 
 def inversion(mods, flux):
     """The pack's DDIM Inversion node on the Flux MODEL (its Flux default grid), computed once."""
-    if "inv" not in _INVERSION:
+    if id(flux) not in _INVERSION:
         latent = {"samples": flux.content}
-        _INVERSION["inv"] = mods.invert.DiffStylerInvert.execute(
+        _INVERSION[id(flux)] = mods.invert.DiffStylerInvert.execute(
             flux.model, latent, STEPS, conditioning=flux.prompts["empty"]
         ).args[0]
-    return _INVERSION["inv"]
+    return _INVERSION[id(flux)]
 
 
 def oracle_styles(flux, k: int, masks=None) -> list:
@@ -154,7 +162,7 @@ _PACK: dict = {}
 
 def run_pack(mods, flux, k, background, cfg, qk_end=0.5):
     """The pack's nodes: Style LoRA Loader per style (its file, prompt, mask), Injector, Masked Fusion Sampler."""
-    key = (k, background, cfg, qk_end)
+    key = (id(flux), k, background, cfg, qk_end)
     if key not in _PACK:
         styles = None
         for i, mask in enumerate(flux_masks(k)):
@@ -175,7 +183,7 @@ _ORACLE: dict = {}
 
 
 def oracle(flux, inv, k, background, cfg, rules=fo.Rules(), qk_end=0.5):
-    key = (k, background, cfg, rules, qk_end)
+    key = (id(flux), k, background, cfg, rules, qk_end)
     if key not in _ORACLE:
         _ORACLE[key] = run_oracle(flux, inv, k, background, cfg, rules=rules, qk_end=qk_end)
     return _ORACLE[key]
@@ -190,10 +198,10 @@ _PLAIN: dict = {}
 
 def style_effect(flux, inv, want, cfg) -> float:
     """How far the result moves from plain Euler sampling from the same start with the base prompt."""
-    if cfg not in _PLAIN:
+    if (id(flux), cfg) not in _PLAIN:
         p = flux.prompts
-        _PLAIN[cfg] = fo.plain_euler(flux.model, inv.sigmas, inv.trajectory[0], p["base"], p["neg"], cfg)
-    return float((want - _PLAIN[cfg]).norm())
+        _PLAIN[id(flux), cfg] = fo.plain_euler(flux.model, inv.sigmas, inv.trajectory[0], p["base"], p["neg"], cfg)
+    return float((want - _PLAIN[id(flux), cfg]).norm())
 
 
 # ---------------------------------------------------------------------------------------------- the pack = the oracle
@@ -220,6 +228,26 @@ def test_pack_equals_the_oracle(mods, flux, k, background, cfg):
     )
     assert effect > 0.05 * float(want.norm()), "the styles must move the result for the comparison to mean it"
     assert d <= TOL, d
+
+
+def test_schnell_equals_the_oracle(mods, comfy_home):
+    """Flux.1-schnell (no guidance embedding; its prompts carry no guidance): the same nodes, the same oracle, k = 2
+    with overlapping masks, cfg 1, exact background."""
+    case = make_case(comfy_home, guidance=False, tag="schnell")
+    try:
+        assert not case.model.model.diffusion_model.params.guidance_embed
+        inv = inversion(mods, case)
+        got = run_pack(mods, case, 2, "exact", 1.0)
+        want = oracle(case, inv, 2, "exact", 1.0)
+        effect = style_effect(case, inv, want, 1.0)
+        d = rel(got, want)
+        share = effect / float(want.norm())
+        print(f"\nschnell k=2: |pack - oracle| / |oracle| = {d:.2e}; style effect / |oracle| = {share:.2e}")
+        assert effect > 0.05 * float(want.norm()), "the styles must move the result for the comparison to mean it"
+        assert d <= TOL, d
+    finally:
+        for name in case.names:
+            (comfy_home.models / "loras" / name).unlink()
 
 
 # ---------------------------------------------------------------------------------------------- one rule broken
