@@ -36,29 +36,11 @@ def tiny_nodes_extension():
     from . import flux_demo  # imports torch: not at module level (the runner checks its options first)
 
     tiny.register_checkpoint_config()
-    vaes: dict = {}
-
-    class DiffStylerTestTinyVAE(io.ComfyNode):
-        @classmethod
-        def define_schema(cls):
-            return io.Schema(
-                node_id=TINY_VAE_NODE,
-                display_name="Tiny VAE (DiffStyler tests)",
-                category="DiffStyler/testing",
-                description="A tiny SD-style VAE with seeded random weights, for tests and the demo run.",
-                inputs=[io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Weight seed.")],
-                outputs=[io.Vae.Output(tooltip="The tiny VAE.")],
-            )
-
-        @classmethod
-        def execute(cls, seed):
-            if seed not in vaes:
-                vaes[seed] = tiny.tiny_vae(seed)
-            return io.NodeOutput(vaes[seed])
+    vae = flux_demo.seeded_node(TINY_VAE_NODE, "Tiny VAE", io.Vae, tiny.tiny_vae, "A tiny SD-style VAE")
 
     class TinyNodes(ComfyExtension):
         async def get_node_list(self):
-            return [DiffStylerTestTinyVAE, *flux_demo.node_classes()]
+            return [vae, *flux_demo.node_classes()]
 
     return TinyNodes()
 

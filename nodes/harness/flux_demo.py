@@ -150,38 +150,42 @@ def tiny_unet(seed: int = 0):
     return tiny_flux.build_model(dataclasses.replace(DEMO_SPEC, seed=seed))
 
 
-def node_classes() -> list:
-    """The V3 stand-in nodes (seed input, one cached model per seed): UNET, CLIP and VAE."""
+def seeded_node(node_id: str, name: str, output, build, what: str):
+    """A V3 stand-in node: a ``seed`` input and one output ``build(seed)``, built once per seed and cached."""
     from .._api import io
 
-    def make(node_id: str, name: str, output, build, what: str):
-        cache: dict = {}
+    cache: dict = {}
 
-        class Node(io.ComfyNode):
-            @classmethod
-            def define_schema(cls):
-                return io.Schema(
-                    node_id=node_id,
-                    display_name=f"{name} (DiffStyler tests)",
-                    category="DiffStyler/testing",
-                    description=f"{what}, seeded random weights: the Flux demo's and the tests' stand-in.",
-                    inputs=[io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Weight seed.")],
-                    outputs=[output.Output(tooltip=what)],
-                )
+    class Node(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(
+                node_id=node_id,
+                display_name=f"{name} (DiffStyler tests)",
+                category="DiffStyler/testing",
+                description=f"{what}, seeded random weights: a stand-in for the demo run and the tests.",
+                inputs=[io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Weight seed.")],
+                outputs=[output.Output(tooltip=what)],
+            )
 
-            @classmethod
-            def execute(cls, seed):
-                if seed not in cache:
-                    cache[seed] = build(seed)
-                return io.NodeOutput(cache[seed])
+        @classmethod
+        def execute(cls, seed):
+            if seed not in cache:
+                cache[seed] = build(seed)
+            return io.NodeOutput(cache[seed])
 
-        Node.__name__ = node_id
-        return Node
+    Node.__name__ = node_id
+    return Node
+
+
+def node_classes() -> list:
+    """The Flux stand-in nodes (seed input, one cached model per seed): UNET, CLIP and VAE."""
+    from .._api import io
 
     return [
-        make(UNET_NODE, "Tiny Flux", io.Model, tiny_unet, "A tiny Flux.1-dev (hidden 128, 2+2 blocks)"),
-        make(CLIP_NODE, "Tiny Flux text encoders", io.Clip, tiny_text_encoder, "Flux-shaped text conditioning"),
-        make(VAE_NODE, "Tiny Flux VAE", io.Vae, tiny_vae, "A tiny VAE with Flux's 16-channel latent"),
+        seeded_node(UNET_NODE, "Tiny Flux", io.Model, tiny_unet, "A tiny Flux.1-dev (hidden 128, 2+2 blocks)"),
+        seeded_node(CLIP_NODE, "Tiny Flux text encoders", io.Clip, tiny_text_encoder, "Flux-shaped text conditioning"),
+        seeded_node(VAE_NODE, "Tiny Flux VAE", io.Vae, tiny_vae, "A tiny VAE with Flux's 16-channel latent"),
     ]
 
 
